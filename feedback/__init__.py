@@ -1,0 +1,1 @@
+"""Feedback: the answer log and flags store, export, and flags → training pairs."""

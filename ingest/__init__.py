@@ -1,0 +1,1 @@
+"""Ingest: document loaders, the ingestion pipeline, the Chroma store and the retriever."""

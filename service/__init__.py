@@ -1,0 +1,1 @@
+"""Service: the chat API, the LLM client, the refusal policy and the embedded model server."""
