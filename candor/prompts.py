@@ -131,8 +131,7 @@ def fit_messages(
         tokens = size(kept, turns)
     if tokens > max_tokens:
         raise PromptTooLong(
-            f"the question needs {tokens} tokens with the prompt, more than the model's "
-            f"input limit of {max_tokens}"
+            f"the question needs {tokens} tokens with the prompt, more than the model's input limit of {max_tokens}"
         )
     return FittedPrompt(
         messages=build_messages(question, kept, turns),
@@ -146,11 +145,12 @@ def fit_messages(
 
 # --- refusal detection --------------------------------------------------------
 
+_SOURCES = r"(?:context|passages?|documents?|text|sources?)"
+_SAYS = r"(?:contain|mention|say|provide|state|include|specify)"
 _REFUSAL_PATTERNS = [
     r"^i (?:really )?(?:do not|don ?t|dont) know\b",
     r"^(?:sorry|unfortunately)?,? ?i (?:cannot|can ?t|am unable to|am not able to) (?:answer|find|tell|determine)",
-    r"\b(?:context|passages?|documents?|text|sources?) (?:does|do) not (?:contain|mention|say|provide|state|include|specify)",
-    r"\b(?:context|passages?|documents?|text|sources?) (?:doesn ?t|don ?t) (?:contain|mention|say|provide|state|include|specify)",
+    rf"\b{_SOURCES} (?:does not|do not|doesn ?t|don ?t) {_SAYS}",
     r"\bnot (?:mentioned|provided|contained|stated|specified|given|found) in the (?:context|passages?|documents?|text)",
     r"^(?:there is )?no (?:information|answer|mention) (?:about|on|of|in|for)\b",
     r"^(?:the )?answer (?:is|was) not (?:in|found|available|provided)",

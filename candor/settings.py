@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(64, ge=1, le=4096)
     top_k: int = Field(4, ge=1, le=50)
     default_collection: str = Field("docs", min_length=1)
+    ingest_batch_docs: int = Field(
+        64, ge=1, le=100_000, description="Documents embedded, stored and recorded together (a crash loses one)."
+    )
+    ingest_pending_lease_s: float = Field(
+        3600.0, gt=0, description="After this, a pending note from a job on another host counts as crashed."
+    )
 
     # --- threads (two cores: set them deliberately) -------------------------
     torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the API/ingest process.")
@@ -93,6 +99,19 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(120, ge=1)
     max_question_chars: int = Field(2000, ge=1)
     max_request_bytes: int = Field(1_000_000, ge=1024)
+
+    # --- the answer log (feedback store) ---------------------------------------
+    database_auto_migrate: bool = Field(
+        True, description="Bring the answer-log schema to the latest version on first use."
+    )
+    db_pool_size: int = Field(5, ge=1, le=200, description="Connections per process (and as many overflow).")
+    db_busy_timeout_ms: int = Field(
+        30_000, ge=100, description="How long a writer waits for a lock (SQLite) or a pooled connection."
+    )
+    db_connect_timeout_s: float = Field(5.0, gt=0, description="Postgres connect timeout.")
+    answer_retention_days: int | None = Field(
+        None, ge=1, description="Default for `candor feedback purge`: keep answers this many days."
+    )
 
     @field_validator("chroma_url", "database_url", "llm_adapter", "api_key", mode="before")
     @classmethod

@@ -1,0 +1,1 @@
+"""Alembic migrations of the answer log; run them with `candor db upgrade` or AnswerStore.migrate()."""

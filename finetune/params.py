@@ -1,0 +1,68 @@
+"""Read params.yaml sections into the dataclasses that run them.
+
+One file holds every knob (DVC tracks it); unknown keys are an error rather
+than a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from candor.errors import InvalidInputError, NotFoundError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise NotFoundError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: expected a mapping of sections")
+    return data
+
+
+def section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    value = params.get(name) or {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"params section {name!r} must be a mapping")
+    return dict(value)
+
+
+def to_dataclass(cls: type, values: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def train_config(params: dict[str, Any], variant: str | None = None, **overrides: Any):
+    """The train section, with a named variant's overrides and then explicit ones applied."""
+    from candor.finetune.train import TrainConfig
+
+    values = section(params, "train")
+    variants = values.pop("variants", {}) or {}
+    if variant:
+        if variant not in variants:
+            raise InvalidInputError(f"unknown variant {variant!r}; params.yaml defines {sorted(variants)}")
+        values.update(variants[variant])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return to_dataclass(TrainConfig, values, "params.yaml train")
+
+
+def build_config(params: dict[str, Any]):
+    from candor.finetune.dataset import BuildConfig
+
+    values = section(params, "build_data")
+    for key in ("source", "split", "out_dir"):
+        values.pop(key, None)
+    return to_dataclass(BuildConfig, values, "params.yaml build_data")

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults: set up, prepare the base model, ingest the sample corpus
+# (samples/handbook, Candor's own handbook), start the model server and the API, then ask one question
+# the handbook answers and two it does not. Servers stop at the end unless KEEP_RUNNING=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+export CANDOR_DATA_DIR="${CANDOR_DATA_DIR:-var/demo}"
+export CANDOR_AUTH_DISABLED="${CANDOR_AUTH_DISABLED:-true}"   # local demo only; the API logs a warning
+export OMP_WAIT_POLICY=PASSIVE
+MODEL_PORT="${CANDOR_MODEL_SERVER_PORT:-8080}"
+API_PORT="${CANDOR_API_PORT:-8000}"
+export CANDOR_LLM_URL="http://127.0.0.1:${MODEL_PORT}"
+export CANDOR_API_URL="http://127.0.0.1:${API_PORT}"
+mkdir -p "$CANDOR_DATA_DIR"
+COLLECTION=handbook
+
+candor model prepare
+candor ingest samples/handbook --collection "$COLLECTION"
+
+pids=()
+cleanup() {
+  if [ "${KEEP_RUNNING:-0}" != 1 ]; then
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+wait_for() {  # url, seconds, name
+  for _ in $(seq "$2"); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 1
+  done
+  echo "$3 did not become ready; see its log in $CANDOR_DATA_DIR" >&2
+  return 1
+}
+
+candor model-server --port "$MODEL_PORT" >"$CANDOR_DATA_DIR/model-server.log" 2>&1 &
+pids+=($!)
+wait_for "http://127.0.0.1:${MODEL_PORT}/health" 180 "the model server"
+candor serve --port "$API_PORT" >"$CANDOR_DATA_DIR/api.log" 2>&1 &
+pids+=($!)
+wait_for "http://127.0.0.1:${API_PORT}/readyz" 120 "the API"
+
+ask() { echo; echo "Q: $1"; candor ask "$1" --collection "$COLLECTION"; }
+ask "Which embedding model does Candor use?"
+ask "How much does a Candor enterprise subscription cost per year?"
+ask "What is the boiling point of mercury?"
+echo
+echo "The API is at ${CANDOR_API_URL} (docs: ${CANDOR_API_URL}/docs); flag an answer with:"
+echo "  curl -X POST ${CANDOR_API_URL}/v1/answers/<answer_id>/feedback -H 'content-type: application/json' -d '{\"verdict\": \"hallucination\"}'"
+[ "${KEEP_RUNNING:-0}" = 1 ] && echo "KEEP_RUNNING=1: servers left running (pids ${pids[*]})."
+exit 0

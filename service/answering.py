@@ -1,0 +1,321 @@
+"""The answer core: retrieve → fit the prompt → generate → refusal policy → log.
+
+One class with no web framework in it. The API routes, the end-to-end
+evaluation and the benchmarks all call it, so what is measured is what is
+served. Blocking work (query embedding, the database) runs in worker threads;
+query embedding goes through a one-slot limiter because the API process gives
+torch a single thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from candor.errors import CandorError, InvalidInputError
+from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, PromptTooLong, fit_messages
+from candor.refusal_score import refusal_confidence
+from candor.service import refusal_policy as policy
+from candor.settings import Settings
+
+log = logging.getLogger("candor.answering")
+
+
+@dataclass
+class AnswerRequest:
+    question: str
+    collection: str
+    top_k: int | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+    api_key_id: str | None = None
+
+
+@dataclass
+class AnswerResult:
+    answer_id: str
+    answer: str
+    refused: bool
+    refusal_layer: str | None
+    refusal_confidence: float | None
+    citations: list[dict[str, Any]]
+    grounded: bool | None
+    grounding_support: float | None
+    model: dict[str, str | None]
+    timings_ms: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer_id": self.answer_id,
+            "answer": self.answer,
+            "refused": self.refused,
+            "refusal_layer": self.refusal_layer,
+            "refusal_confidence": self.refusal_confidence,
+            "citations": self.citations,
+            "grounded": self.grounded,
+            "grounding_support": self.grounding_support,
+            "model": self.model,
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass
+class _Prepared:
+    """Everything known before generation starts."""
+
+    request: AnswerRequest
+    started: float
+    retrieval_ms: float
+    retrieved: list[Any]  # RetrievedChunk, in rank order
+    gate: policy.GateDecision
+    used: list[Any] = field(default_factory=list)  # chunks that made it into the prompt
+    contexts: list[str] = field(default_factory=list)  # their texts as sent (maybe trimmed)
+    history: list[dict[str, str]] = field(default_factory=list)
+    query: str = ""
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
+    """A follow-up alone often lacks its subject: prepend the last user turns."""
+    earlier = [t["content"] for t in history if t.get("role") == "user"][-2:]
+    return " ".join([*earlier, question]).strip()
+
+
+def _citation(chunk: Any, snippet_chars: int = 300) -> dict[str, Any]:
+    text = " ".join(chunk.text.split())
+    return {
+        "doc_id": chunk.doc_id,
+        "chunk_id": chunk.chunk_id,
+        "source": chunk.source,
+        "snippet": text[:snippet_chars] + ("…" if len(text) > snippet_chars else ""),
+        "score": round(float(chunk.score), 4),
+    }
+
+
+def _chunk_log(chunk: Any, sent_text: str | None) -> dict[str, Any]:
+    return {
+        "chunk_id": chunk.chunk_id,
+        "doc_id": chunk.doc_id,
+        "source": chunk.source,
+        "title": chunk.title,
+        "score": float(chunk.score),
+        "text": chunk.text,
+        "text_sha256": hashlib.sha256(chunk.text.encode()).hexdigest(),
+        "prompt_text": sent_text,
+    }
+
+
+class AnswerEngine:
+    def __init__(self, settings: Settings, retriever: Any, llm: Any, renderer: Any, store: Any) -> None:
+        self.settings = settings
+        self.retriever = retriever
+        self.llm = llm
+        self.renderer = renderer
+        self.store = store
+        self._embed_limiter = anyio.CapacityLimiter(1)
+        self._info: Any = None
+
+    # --- pieces ------------------------------------------------------------
+    async def server_info(self) -> Any:
+        if self._info is None:
+            self._info = await self.llm.info()
+        return self._info
+
+    def model_ref(self) -> dict[str, str | None]:
+        info = self._info
+        return {
+            "base": getattr(info, "model_id", None) or "unknown",
+            "adapter": self.llm.adapter_id,
+            "adapter_version": getattr(self.llm, "adapter_version", None),
+        }
+
+    async def _prepare(self, req: AnswerRequest) -> _Prepared:
+        if len(req.question) > self.settings.max_question_chars:
+            raise InvalidInputError(
+                f"question is {len(req.question)} characters; the limit is {self.settings.max_question_chars}"
+            )
+        started = time.perf_counter()
+        k = req.top_k or self.settings.top_k
+        query = retrieval_query(req.question, req.history)
+        retrieved = await anyio.to_thread.run_sync(
+            self.retriever.retrieve, query, req.collection, k, limiter=self._embed_limiter
+        )
+        retrieval_ms = (time.perf_counter() - started) * 1000
+        gate = policy.retrieval_gate([c.score for c in retrieved], self.settings.min_retrieval_score)
+        prep = _Prepared(req, started, retrieval_ms, list(retrieved), gate, query=query)
+        if not gate.passed:
+            return prep
+        try:
+            info = await self.server_info()
+        except CandorError as exc:
+            await self._log_failure(prep, req, exc)
+            raise
+        budget = min(info.max_input_tokens, info.max_total_tokens - self.settings.max_new_tokens) - 8
+        chunks = [ContextChunk(c.text, c.title) for c in retrieved]
+        try:
+            fitted = fit_messages(req.question, chunks, req.history, self.renderer.count_tokens, budget)
+        except PromptTooLong as exc:
+            raise InvalidInputError(str(exc)) from None
+        prep.used = retrieved[: len(fitted.chunks)]
+        prep.contexts = [c.text for c in fitted.chunks]
+        prep.history = fitted.messages[1:-1]
+        prep.messages = fitted.messages
+        prep.prompt = self.renderer.render(fitted.messages)
+        return prep
+
+    def _timings(self, prep: _Prepared, generation_ms: float) -> dict[str, float]:
+        total = (time.perf_counter() - prep.started) * 1000
+        return {
+            "retrieval": round(prep.retrieval_ms, 2),
+            "generation": round(generation_ms, 2),
+            "total": round(total, 2),
+        }
+
+    async def _log(self, prep: _Prepared, result: AnswerResult, raw_answer: str | None) -> None:
+        sent = dict(zip([c.chunk_id for c in prep.used], prep.contexts, strict=True))
+        record = {
+            "answer_id": result.answer_id,
+            "question": prep.request.question,
+            "history": prep.request.history,
+            "history_in_prompt": len(prep.history) if prep.messages is not None else None,
+            "retrieval_query": prep.query,
+            "collection": prep.request.collection,
+            "chunks": [_chunk_log(c, sent.get(c.chunk_id)) for c in prep.retrieved],
+            "prompt_version": PROMPT_VERSION,
+            "prompt": prep.prompt,
+            "model_base": result.model["base"],
+            "adapter": result.model["adapter"],
+            "adapter_version": result.model["adapter_version"],
+            "answer": result.answer,
+            "raw_answer": raw_answer,
+            "refused": result.refused,
+            "refusal_layer": result.refusal_layer,
+            "refusal_confidence": result.refusal_confidence,
+            "grounded": result.grounded,
+            "grounding_support": result.grounding_support,
+            "timings_ms": result.timings_ms,
+            "api_key_id": prep.request.api_key_id,
+        }
+        await anyio.to_thread.run_sync(self.store.log_answer, record)
+
+    async def _log_failure(self, prep: _Prepared | None, req: AnswerRequest, error: Exception) -> None:
+        record = {
+            "question": req.question,
+            "history": req.history,
+            "retrieval_query": prep.query if prep else None,
+            "collection": req.collection,
+            "chunks": [_chunk_log(c, None) for c in prep.retrieved] if prep else [],
+            "prompt_version": PROMPT_VERSION,
+            "model_base": self.model_ref()["base"],
+            "adapter": self.llm.adapter_id,
+            "error": f"{type(error).__name__}: {error}",
+            "api_key_id": req.api_key_id,
+        }
+        try:
+            await anyio.to_thread.run_sync(self.store.log_failure, record)
+        except Exception:  # the original error matters more to the caller
+            log.exception("could not log a failed answer")
+
+    def _new_id(self) -> str:
+        return self.store.new_answer_id()
+
+    def _gate_result(self, prep: _Prepared) -> AnswerResult:
+        return AnswerResult(
+            answer_id=self._new_id(),
+            answer=REFUSAL_SENTENCE,
+            refused=True,
+            refusal_layer=policy.RETRIEVAL_GATE,
+            refusal_confidence=None,
+            citations=[],
+            grounded=None,
+            grounding_support=None,
+            model=self.model_ref(),
+            timings_ms=self._timings(prep, 0.0),
+        )
+
+    def _judge(self, prep: _Prepared, text: str, first_token_top: Any, generation_ms: float) -> AnswerResult:
+        confidence = refusal_confidence(first_token_top, [c.score for c in prep.used])
+        outcome = policy.judge_answer(
+            text,
+            prep.contexts,
+            refusal_confidence=confidence,
+            refusal_threshold=self.settings.refusal_threshold,
+            min_support=self.settings.grounding_min_support,
+            enforce_grounding=self.settings.grounding_enforce,
+        )
+        answer = REFUSAL_SENTENCE if outcome.refused else text.strip()
+        return AnswerResult(
+            answer_id=self._new_id(),
+            answer=answer,
+            refused=outcome.refused,
+            refusal_layer=outcome.layer,
+            refusal_confidence=None if confidence is None else round(confidence, 4),
+            citations=[] if outcome.refused else [_citation(c) for c in prep.used],
+            grounded=outcome.grounded,
+            grounding_support=None if outcome.support is None else round(outcome.support, 4),
+            model=self.model_ref(),
+            timings_ms=self._timings(prep, generation_ms),
+        )
+
+    # --- the two entry points --------------------------------------------------
+    async def answer(self, req: AnswerRequest) -> AnswerResult:
+        prep = await self._prepare(req)
+        if not prep.gate.passed:
+            result = self._gate_result(prep)
+            await self._log(prep, result, None)
+            return result
+        t0 = time.perf_counter()
+        try:
+            gen = await self.llm.generate(
+                prompt=prep.prompt, messages=prep.messages, max_new_tokens=self.settings.max_new_tokens
+            )
+        except CandorError as exc:
+            await self._log_failure(prep, req, exc)
+            raise
+        result = self._judge(prep, gen.text, gen.first_token_top, (time.perf_counter() - t0) * 1000)
+        await self._log(prep, result, gen.text)
+        return result
+
+    async def stream(self, req: AnswerRequest) -> AsyncIterator[dict[str, Any]]:
+        """Events: {"event": "token", "text"} ..., then {"event": "done", "result"}.
+
+        When the grounding check may withdraw an answer, tokens are held until
+        it has run, so a client never sees text that is then replaced.
+        """
+        prep = await self._prepare(req)
+        if not prep.gate.passed:
+            result = self._gate_result(prep)
+            await self._log(prep, result, None)
+            yield {"event": "token", "text": result.answer}
+            yield {"event": "done", "result": result}
+            return
+        hold = self.settings.grounding_enforce or self.settings.refusal_threshold is not None
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        final = None
+        try:
+            async for ev in self.llm.stream(
+                prompt=prep.prompt, messages=prep.messages, max_new_tokens=self.settings.max_new_tokens
+            ):
+                if isinstance(ev, str):
+                    pieces.append(ev)
+                    if not hold:
+                        yield {"event": "token", "text": ev}
+                else:
+                    final = ev
+        except CandorError as exc:
+            await self._log_failure(prep, req, exc)
+            raise
+        text = final.text if final is not None else "".join(pieces)
+        first_top = final.first_token_top if final is not None else None
+        result = self._judge(prep, text, first_top, (time.perf_counter() - t0) * 1000)
+        await self._log(prep, result, text)
+        if hold:
+            yield {"event": "token", "text": result.answer}
+        yield {"event": "done", "result": result}

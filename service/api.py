@@ -1,0 +1,158 @@
+"""The chat API: an app factory, its lifespan and its middleware.
+
+``create_app(settings)`` builds the process's services in the lifespan (the
+answer store, the retriever, the LLM client, the prompt renderer and the
+answer engine); the routes reach them through ``candor.service.deps``.
+Run it with ``candor serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from candor import __version__
+from candor.service.deps import Services
+from candor.service.errors import install_error_handlers
+from candor.service.metrics import ApiMetrics
+from candor.service.rate_limit import RateLimiter
+from candor.settings import Settings, apply_thread_settings, get_settings
+
+log = logging.getLogger("candor.api")
+
+
+class BodySizeLimit:
+    """Reject request bodies over ``max_bytes`` with 413, before anything is parsed or stored."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._reject(send)
+            return
+        seen = 0
+        too_big = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_big = True
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = b'{"error": "request body too large (limit %d bytes)"}' % self.max_bytes
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def build_services(settings: Settings) -> Services:
+    """Everything the routes need. Heavy models load lazily, on first use or in warm-up."""
+    from candor.feedback.store import AnswerStore
+    from candor.ingest.retriever import Retriever
+    from candor.service.answering import AnswerEngine
+    from candor.service.chat_template import PromptRenderer
+    from candor.service.llm_client import LLMClient
+
+    store = AnswerStore(settings)
+    store.migrate()
+    retriever = Retriever(settings)
+    llm = LLMClient(settings)
+    renderer = PromptRenderer(settings.resolved_tokenizer_path)
+    engine = AnswerEngine(settings, retriever, llm, renderer, store)
+    return Services(
+        settings=settings,
+        store=store,
+        retriever=retriever,
+        llm=llm,
+        renderer=renderer,
+        engine=engine,
+        limiter=RateLimiter(settings.rate_limit_per_minute),
+        metrics=ApiMetrics(),
+    )
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if services is not None:
+            app.state.services = services
+        else:
+            apply_thread_settings(settings.torch_threads)
+            app.state.services = await anyio.to_thread.run_sync(build_services, settings)
+        if settings.auth_disabled:
+            log.warning("AUTH IS DISABLED (CANDOR_AUTH_DISABLED=true): every request is an admin. Local demos only.")
+        await _warm_up(app.state.services)
+        yield
+        llm = app.state.services.llm
+        if hasattr(llm, "aclose"):
+            await llm.aclose()
+
+    app = FastAPI(
+        title="Candor",
+        version=__version__,
+        description="Answers from your documents, with citations, and says so when they do not hold the answer.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    from candor.service import routes_answers, routes_chat, routes_collections, routes_openai, routes_ops
+
+    for module in (routes_chat, routes_openai, routes_answers, routes_collections, routes_ops):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def _observe(request: Any, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        svc = getattr(request.app.state, "services", None)
+        if svc is not None:
+            svc.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+            svc.metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+async def _warm_up(services: Services) -> None:
+    """Load the embedder and the tokenizer now rather than on the first question."""
+    try:
+        await anyio.to_thread.run_sync(services.retriever.warm_up)
+        await anyio.to_thread.run_sync(services.renderer.count_tokens, [{"role": "user", "content": "warm up"}])
+    except Exception as exc:  # a missing model is reported by /readyz and the first request
+        log.warning("warm-up failed: %s", exc)

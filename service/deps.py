@@ -1,0 +1,76 @@
+"""FastAPI dependencies: the service container, the caller's key, rate limits."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, HTTPException, Request, status
+
+from candor.service.auth import ANONYMOUS_ADMIN, Principal, presented_key
+from candor.service.metrics import ApiMetrics
+from candor.service.rate_limit import RateLimiter
+from candor.settings import Settings
+
+log = logging.getLogger("candor.api")
+
+
+@dataclass
+class Services:
+    """What the routes need, built once per process in the app's lifespan."""
+
+    settings: Settings
+    store: Any
+    retriever: Any
+    llm: Any
+    renderer: Any
+    engine: Any
+    limiter: RateLimiter
+    metrics: ApiMetrics
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_principal(request: Request, services: ServicesDep) -> Principal:
+    if services.settings.auth_disabled:
+        return ANONYMOUS_ADMIN
+    secret = presented_key(request)
+    if secret is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "an API key is required (Authorization: Bearer <key> or X-API-Key)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = await anyio.to_thread.run_sync(services.store.authenticate, secret)
+    if key is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    wait = services.limiter.check(key.id)
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "rate limit exceeded for this API key",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    collections = frozenset(key.collections) if key.collections else None
+    return Principal(key_id=key.id, role=str(key.role), collections=collections, trusted=key.trusted)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_admin(principal: PrincipalDep) -> Principal:
+    principal.require_admin()
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,190 @@
+"""Candor's refusal policy, in layers, each recorded on the answer.
+
+1. retrieval gate: nothing retrieved, or nothing above ``min_retrieval_score``:
+   refuse without calling the model;
+2. the model's own refusal, detected robustly (``candor.prompts.is_refusal``),
+   and optionally a confidence threshold on the model's first token;
+3. grounding: how much of the answer the retrieved context supports; an
+   unsupported answer is marked ``grounded: false`` and, when enforced, turned
+   into the refusal sentence.
+Pure functions; the answer core calls them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from candor.prompts import is_refusal, normalize_text
+
+RETRIEVAL_GATE = "retrieval_gate"
+MODEL = "model"
+THRESHOLD = "threshold"
+GROUNDING = "grounding"
+
+# Words that carry no evidence: an answer is grounded by its content words.
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "but",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "as",
+        "into",
+        "than",
+        "then",
+        "there",
+        "their",
+        "they",
+        "he",
+        "she",
+        "his",
+        "her",
+        "him",
+        "them",
+        "we",
+        "you",
+        "your",
+        "our",
+        "i",
+        "me",
+        "my",
+        "not",
+        "no",
+        "do",
+        "does",
+        "did",
+        "has",
+        "have",
+        "had",
+        "which",
+        "who",
+        "whom",
+        "what",
+        "when",
+        "where",
+        "why",
+        "how",
+        "about",
+        "over",
+        "under",
+        "after",
+        "before",
+        "also",
+        "so",
+        "such",
+        "can",
+        "could",
+        "would",
+        "should",
+        "may",
+        "might",
+        "will",
+        "shall",
+        "one",
+        "ones",
+        "s",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+def retrieval_gate(scores: Sequence[float], min_score: float) -> GateDecision:
+    if not scores:
+        return GateDecision(False, "no chunks were retrieved")
+    best = max(scores)
+    if best < min_score:
+        return GateDecision(False, f"best retrieval score {best:.3f} is below the gate {min_score:.3f}")
+    return GateDecision(True, f"best retrieval score {best:.3f}")
+
+
+def content_tokens(text: str) -> list[str]:
+    return [t for t in normalize_text(text).split() if t not in _STOPWORDS]
+
+
+def _light_stem(token: str) -> str:
+    if len(token) > 4 and token.endswith("ies"):
+        return token[:-3] + "y"
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(token) > len(suffix) + 2 and token.endswith(suffix):
+            return token[: -len(suffix)]
+    return token
+
+
+def grounding_support(answer: str, contexts: Sequence[str]) -> float | None:
+    """Share of the answer's content words (lightly stemmed) found in the context.
+
+    Numbers must match exactly. Returns None when the answer has no content
+    words to check (then grounding cannot say anything).
+    """
+    tokens = content_tokens(answer)
+    if not tokens:
+        return None
+    context_tokens = set()
+    for ctx in contexts:
+        context_tokens.update(normalize_text(ctx).split())
+    stems = {_light_stem(t) for t in context_tokens}
+    supported = 0
+    for tok in tokens:
+        if tok in context_tokens or (not re.fullmatch(r"\d+", tok) and _light_stem(tok) in stems):
+            supported += 1
+    return supported / len(tokens)
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    refused: bool
+    layer: str | None
+    grounded: bool | None
+    support: float | None
+
+
+def judge_answer(
+    answer: str,
+    contexts: Sequence[str],
+    *,
+    refusal_confidence: float | None,
+    refusal_threshold: float | None,
+    min_support: float,
+    enforce_grounding: bool,
+) -> PolicyOutcome:
+    """Layers 2 and 3 on a generated answer."""
+    if is_refusal(answer):
+        return PolicyOutcome(True, MODEL, None, None)
+    if refusal_threshold is not None and refusal_confidence is not None and refusal_confidence >= refusal_threshold:
+        return PolicyOutcome(True, THRESHOLD, None, None)
+    support = grounding_support(answer, contexts)
+    grounded = None if support is None else support >= min_support
+    if grounded is False and enforce_grounding:
+        return PolicyOutcome(True, GROUNDING, False, support)
+    return PolicyOutcome(False, None, grounded, support)

@@ -1,0 +1,108 @@
+"""Request and response bodies of the chat API (pydantic models, shown in /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+COLLECTION_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,61}[a-zA-Z0-9]$"
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=20_000)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, description="The question to answer from the collection.")
+    collection: str = Field(pattern=COLLECTION_PATTERN, description="Which document collection to search.")
+    top_k: int | None = Field(None, ge=1, le=20, description="How many chunks to retrieve.")
+    stream: bool = Field(False, description="Server-sent events: token events, then a final event.")
+    history: list[Turn] = Field(default_factory=list, max_length=20, description="Earlier turns, oldest first.")
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question must not be blank")
+        return v
+
+
+class Citation(BaseModel):
+    doc_id: str
+    chunk_id: str
+    source: str
+    snippet: str
+    score: float
+
+
+class ModelRef(BaseModel):
+    base: str
+    adapter: str | None
+    adapter_version: str | None = None
+
+
+class Timings(BaseModel):
+    retrieval: float
+    generation: float
+    total: float
+
+
+class ChatResponse(BaseModel):
+    answer_id: str
+    answer: str
+    refused: bool
+    refusal_layer: Literal["retrieval_gate", "model", "threshold", "grounding"] | None
+    refusal_confidence: float | None
+    citations: list[Citation]
+    grounded: bool | None
+    grounding_support: float | None
+    model: ModelRef
+    timings_ms: Timings
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: Literal["hallucination", "correct", "should_have_refused", "wrong_refusal"]
+    correction: str | None = Field(None, max_length=4000)
+    comment: str | None = Field(None, max_length=4000)
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    answer_id: str
+    verdict: str
+    review_status: str
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")
+    text: str = Field(min_length=1, max_length=2_000_000)
+    title: str | None = Field(None, max_length=1000)
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class DocumentsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any | None = None
+
+
+class AnswerPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class HealthBody(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+    time: datetime | None = None

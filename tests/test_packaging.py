@@ -1,0 +1,35 @@
+"""The install layout: one `candor` namespace, every package folder listed."""
+
+import tomllib
+from pathlib import Path
+
+from fixtures.core import REPO_ROOT
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def test_every_package_folder_is_installed():
+    tool = _pyproject()["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    mapping = tool["package-dir"]
+    folders_to_names = {Path(folder): name for name, folder in mapping.items()}
+    missing = []
+    for top, name in folders_to_names.items():
+        for init in (REPO_ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO_ROOT / top)
+            pkg = ".".join([name, *rel.parts]) if rel.parts else name
+            if "__pycache__" not in init.parts and pkg not in listed:
+                missing.append(pkg)
+    assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {missing}"
+
+
+def test_only_the_candor_name_is_claimed():
+    tool = _pyproject()["tool"]["setuptools"]
+    assert all(p == "candor" or p.startswith("candor.") for p in tool["packages"])
+
+
+def test_torch_is_pinned_to_the_cpu_wheel_on_disk():
+    deps = _pyproject()["project"]["dependencies"]
+    assert "torch==2.13.0" in deps
