@@ -20,6 +20,7 @@ cmd=start
 case "${1:-}" in
 start | stop | url) cmd=$1; shift ;;
 esac
+DIR_GIVEN=${1:-}
 DIR=${1:-var/postgres}
 PORT=${CANDOR_PG_PORT:-55432}
 DB=${CANDOR_PG_DB:-candor}
@@ -28,8 +29,6 @@ log() { echo "postgres.sh: $*" >&2; }
 
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
-DATA=$DIR/data
-SOCK=$DIR/socket
 
 find_bin() {
     local d
@@ -55,12 +54,22 @@ fi
 if [ "$(id -u)" -eq 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
     OWNER=postgres
-    as_owner() { runuser -u postgres -- "$@"; }
+    as_owner() { (cd / && runuser -u postgres -- "$@"); }
 else
     OWNER=$(id -un)
     as_owner() { "$@"; }
 fi
 
+# A checkout under /root (0700) is out of the postgres user's reach: without an explicit DIR,
+# fall back to a folder under /tmp named after the default one.
+if [ -z "$DIR_GIVEN" ] && ! as_owner test -x "$(dirname "$DIR")"; then
+    rmdir "$DIR" 2>/dev/null || true
+    DIR=${TMPDIR:-/tmp}/candor-postgres-$(printf '%s' "$DIR" | sha256sum | cut -c1-12)
+    log "$OWNER cannot reach the default folder; using $DIR"
+    mkdir -p "$DIR"
+fi
+DATA=$DIR/data
+SOCK=$DIR/socket
 if [ -f "$DIR/port" ]; then PORT=$(cat "$DIR/port"); fi
 URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/$DB"
 
@@ -82,12 +91,13 @@ url)
     ;;
 esac
 
-mkdir -p "$SOCK"
-chown "$OWNER" "$DIR" "$SOCK"
+chown "$OWNER" "$DIR"
 if ! as_owner test -w "$DIR"; then
     log "$OWNER cannot write to $DIR (a parent folder is not traversable?): pick another DIR"
     exit 1
 fi
+mkdir -p "$SOCK"
+chown "$OWNER" "$SOCK"
 
 if [ ! -f "$DATA/PG_VERSION" ]; then
     log "initialising a cluster in $DATA"

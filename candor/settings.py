@@ -83,6 +83,20 @@ class Settings(BaseSettings):
     max_input_tokens: int = Field(1536, ge=16)
     max_total_tokens: int = Field(2048, ge=32)
     model_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    model_server_adapters: str | None = Field(
+        None, description="Extra LoRA adapters to load, 'name=path,name=path' (like TGI's LORA_ADAPTERS)."
+    )
+    allow_adapter_base_mismatch: bool = Field(
+        False, description="Load adapters whose adapter_config.json names another base model."
+    )
+    model_server_admin_token: str | None = Field(
+        None, description="If set, POST/DELETE /adapters on the model server need 'Bearer <token>'."
+    )
+
+    @field_validator("model_server_adapters", "model_server_admin_token", mode="before")
+    @classmethod
+    def _blank_model_server_field_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     # --- the API ---------------------------------------------------------------
     api_host: str = "127.0.0.1"

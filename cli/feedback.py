@@ -27,9 +27,7 @@ feedback_app = typer.Typer(
     no_args_is_help=True,
 )
 keys_app = typer.Typer(help="API keys: create (secret shown once), list, revoke.", no_args_is_help=True)
-db_app = typer.Typer(
-    help="The answer-log database (SQLite or Postgres): schema migrations.", no_args_is_help=True
-)
+db_app = typer.Typer(help="The answer-log database (SQLite or Postgres): schema migrations.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
@@ -91,6 +89,21 @@ def db_upgrade(
         typer.echo(f"answer log at {store.url}: schema {before or '(empty)'} -> {after}")
 
 
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision (e.g. 0001), or 'base' to drop every table."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Roll the schema back to an older revision (to run an older Candor). May delete data."""
+    store = _store()
+    try:
+        _confirm(f"Downgrade the answer log at {store.url} to {revision}? Dropped columns lose their data.", yes)
+        before, after = store.downgrade(revision)
+    finally:
+        store.close()
+    typer.echo(f"answer log at {store.url}: schema {before or '(empty)'} -> {after or '(empty)'}")
+
+
 @db_app.command("current")
 def db_current() -> None:
     """Show the database's schema revision and the one this Candor expects."""
@@ -116,9 +129,7 @@ def _key_line(key: ApiKey) -> str:
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Argument(..., help="Who or what the key is for (shown in listings)."),
-    role: str = typer.Option(
-        "user", help="user: chat and flag own answers; admin: also ingest, read all, export."
-    ),
+    role: str = typer.Option("user", help="user: chat and flag own answers; admin: also ingest, read all, export."),
     collection: list[str] = typer.Option(
         None,
         "--collection",
@@ -197,9 +208,7 @@ def _answer_line(a: Answer) -> str:
 
 @feedback_app.command("list")
 def feedback_list(
-    flagged: bool | None = typer.Option(
-        None, "--flagged/--unflagged", help="Only flagged, or only unflagged."
-    ),
+    flagged: bool | None = typer.Option(None, "--flagged/--unflagged", help="Only flagged, or only unflagged."),
     verdict: str | None = typer.Option(None, help="Only answers with a flag of this verdict."),
     collection: str | None = typer.Option(None, help="Only this collection."),
     key: str | None = typer.Option(None, "--key", help="Only answers asked with this API key id."),
@@ -282,9 +291,7 @@ def feedback_show(
 def _flag_line(f: Flag) -> str:
     extra = f"  correction: {_short(f.correction, 50)}" if f.correction else ""
     extra += f"  comment: {_short(f.comment, 40)}" if f.comment else ""
-    return (
-        f"  flag {f.id}  {f.verdict.value:<19}  {f.review_status.value:<8}  key {f.api_key_id or '-'}{extra}"
-    )
+    return f"  flag {f.id}  {f.verdict.value:<19}  {f.review_status.value:<8}  key {f.api_key_id or '-'}{extra}"
 
 
 @feedback_app.command("review")
@@ -315,9 +322,7 @@ def feedback_review(
             return
         if approve == reject:
             raise InvalidInputError("say --approve or --reject")
-        flags = store.review_flags(
-            flag_ids, "approved" if approve else "rejected", reviewer=reviewer, note=note
-        )
+        flags = store.review_flags(flag_ids, "approved" if approve else "rejected", reviewer=reviewer, note=note)
     finally:
         store.close()
     for f in flags:
@@ -406,9 +411,7 @@ def feedback_erase_key(
         result = store.erase_key(key_id)
     finally:
         store.close()
-    typer.echo(
-        f"key {result.key_id}: erased {result.answers} answer(s) and {result.flags} flag(s); key revoked"
-    )
+    typer.echo(f"key {result.key_id}: erased {result.answers} answer(s) and {result.flags} flag(s); key revoked")
 
 
 @feedback_app.command("stats")
@@ -424,10 +427,7 @@ def feedback_stats(
         store.close()
     if as_json:
         _print_json(
-            [
-                {**s.model_dump(mode="json"), "flag_rate": s.flag_rate, "refusal_rate": s.refusal_rate}
-                for s in stats
-            ]
+            [{**s.model_dump(mode="json"), "flag_rate": s.flag_rate, "refusal_rate": s.refusal_rate} for s in stats]
         )
         return
     if not stats:

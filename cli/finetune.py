@@ -1,5 +1,146 @@
-"""`candor` commands of this room (filled in by its issue)."""
+"""`candor finetune build-data`, `candor finetune train`, `candor eval`.
+
+Thin commands over candor.finetune; every knob comes from params.yaml (the
+sections build_data / train / eval), options override a few of them.
+Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 app = typer.Typer()
+finetune = typer.Typer(help="Build the refusal dataset and train the LoRA adapter.", no_args_is_help=True)
+app.add_typer(finetune, name="finetune")
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with build_data/train/eval sections.")
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@finetune.command("build-data")
+def build_data(
+    params: Path = PARAMS,
+    source: Path | None = typer.Option(None, help="SQuAD v2 .json file or folder of <split>.*.jsonl files."),
+    split: str | None = typer.Option(None, help="Split name inside a JSONL folder (default: params)."),
+    out_dir: Path | None = typer.Option(None, help="Output folder (default: params build_data.out_dir)."),
+    seed: int | None = typer.Option(None, help="Override the seed."),
+    size: int | None = typer.Option(None, help="Override the number of training examples."),
+) -> None:
+    """Write chat-format train/val JSONL, the validation articles' questions, and stats.json."""
+    from candor.finetune.dataset import build_dataset
+    from candor.finetune.params import build_config, load_params, section
+    from candor.finetune.squad import load_squad
+
+    p = load_params(params)
+    sec = section(p, "build_data")
+    cfg = build_config(p)
+    if seed is not None:
+        cfg.seed = seed
+    if size is not None:
+        cfg.size = size
+    src = source or Path(sec.get("source", "../shared/data/squad2"))
+    corpus = load_squad(src, split or sec.get("split", "train"))
+    out = out_dir or Path(sec.get("out_dir", "var/finetune/data"))
+    stats = build_dataset(corpus, cfg, out)
+    typer.echo(json.dumps({"out_dir": str(out), "train": stats["train"]["counts"], "val": stats["val"]["counts"],
+                           "val_articles": stats["val_articles"]}, indent=1))
+
+
+@finetune.command("train")
+def train_cmd(
+    params: Path = PARAMS,
+    variant: str | None = typer.Option(None, help="A variant under train.variants in params.yaml (e.g. sft)."),
+    output_dir: str | None = typer.Option(None, help="Override the run folder."),
+    train_file: str | None = typer.Option(None, help="Override the training JSONL."),
+    max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
+    time_budget_minutes: float | None = typer.Option(None, help="Stop (and save) after this many minutes."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """QLoRA training with optional self-distillation; resumes from the newest checkpoint."""
+    _logging()
+    from candor.finetune.params import load_params, train_config
+    from candor.finetune.train import train
+    from candor.settings import get_settings
+
+    cfg = train_config(
+        load_params(params), variant, output_dir=output_dir, train_file=train_file, max_steps=max_steps,
+        time_budget_minutes=time_budget_minutes,
+    )
+    summary = train(cfg, get_settings(), resume=not fresh, progress=progress)
+    summary.pop("config", None)
+    typer.echo(json.dumps(summary, indent=1))
+
+
+def _model_map(models: list[str] | None, default: dict) -> dict[str, str]:
+    if not models:
+        return dict(default)
+    out = {}
+    for spec in models:
+        name, _, path = spec.partition("=")
+        out[name] = path or ("base" if name == "base" else name)
+    return out
+
+
+@app.command("eval")
+def eval_cmd(
+    params: Path = PARAMS,
+    model: list[str] | None = typer.Option(
+        None, "--model", "-m", help="NAME=ADAPTER_DIR or 'base'; repeat to compare (default: params eval.models)."
+    ),
+    mode: str | None = typer.Option(None, help="oracle or rag (default: params)."),
+    source: Path | None = typer.Option(None, help="Questions: SQuAD v2 .json or a JSONL folder."),
+    split: str | None = typer.Option(None, help="Split in the JSONL folder (default: params, dev)."),
+    limit: int | None = typer.Option(None, help="Evaluate a stratified sample of this many questions (0 = all)."),
+    calibration_limit: int | None = typer.Option(None, help="Validation questions used to choose the threshold."),
+    no_calibration: bool = typer.Option(False, "--no-calibration", help="Skip choosing a threshold."),
+    collection: str | None = typer.Option(None, help="RAG mode: the collection holding the paragraphs."),
+    out: Path | None = typer.Option(None, help="Output JSON (a .md report is written beside it)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Evaluate base and adapters side by side: answers, refusals, hallucination, the threshold curve."""
+    _logging()
+    from candor.errors import InvalidInputError
+    from candor.finetune.params import load_params, section
+    from candor.settings import get_settings
+
+    settings = get_settings()
+    ev = section(load_params(params), "eval")
+    models = _model_map(model, ev.get("models") or {"base": "base"})
+    mode = mode or ev.get("mode", "oracle")
+    if mode not in ("oracle", "rag"):
+        raise InvalidInputError("mode must be oracle or rag")
+    out = out or Path(ev.get("out", f"reports/eval-{mode}.json"))
+    limit = ev.get("limit", 0) if limit is None else limit
+    cal_limit = ev.get("calibration_limit", 600) if calibration_limit is None else calibration_limit
+    if no_calibration:
+        cal_limit = -1
+    if mode == "oracle":
+        from candor.finetune.run_eval import run_oracle_eval
+
+        results = run_oracle_eval(
+            settings, ev, models, source=source, split=split, limit=limit, calibration_limit=cal_limit,
+            out=out, progress=progress,
+        )
+    else:
+        from candor.finetune.rag import run_rag_eval
+
+        results = run_rag_eval(
+            settings, ev, models, source=source, split=split, limit=limit, collection=collection, out=out,
+            progress=progress,
+        )
+    for name, res in results["models"].items():
+        m = res.get("at_threshold") or res["model_only"]
+        typer.echo(
+            f"{name}: hallucination {100 * m['hallucination_rate']:.1f}%  over-refusal {100 * m['over_refusal']:.1f}%"
+            f"  answered-F1 {100 * m['answered_f1']:.1f}  F1_RG {100 * m['f1_rg']:.1f}  AUROC {m['auroc']:.3f}"
+        )
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")

@@ -40,9 +40,7 @@ def _print_json(obj: Any) -> None:
 def ingest(
     paths: list[Path] = typer.Argument(..., help="Files and directories (recursive): .txt .md .html .pdf .jsonl"),
     collection: str | None = _collection_option(),
-    prune: bool = typer.Option(
-        False, "--prune", help="Delete documents that came from files no longer among PATHS."
-    ),
+    prune: bool = typer.Option(False, "--prune", help="Delete documents that came from files no longer among PATHS."),
     reindex: bool = typer.Option(
         False, "--reindex", help="Rebuild the collection from PATHS with the current settings (drops the rest)."
     ),

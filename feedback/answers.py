@@ -43,9 +43,7 @@ def coerce(record: R | Mapping[str, Any], kind: type[R]) -> R:
     try:
         return kind.model_validate(record)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors()[:5])
         raise InvalidInputError(f"invalid {kind.__name__} record: {problems}") from None
 
 

@@ -44,8 +44,7 @@ def make_engine(settings: Settings) -> Engine:
         url = make_url(raw)
     except ArgumentError:
         raise InvalidInputError(
-            f"CANDOR_DATABASE_URL is not a database URL: {raw!r} "
-            "(e.g. postgresql+psycopg://user:pass@host:5432/candor)"
+            f"CANDOR_DATABASE_URL is not a database URL: {raw!r} (e.g. postgresql+psycopg://user:pass@host:5432/candor)"
         ) from None
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, settings)
@@ -110,9 +109,7 @@ def translate(exc: SQLAlchemyError, engine: Engine) -> CandorError:
     detail = text.splitlines()[0] if text else type(exc).__name__
     low = detail.lower()
     if "no such table" in low or ("relation" in low and "does not exist" in low):
-        return UnavailableError(
-            f"the answer log at {where} has no tables (or an old schema): run `candor db upgrade`"
-        )
+        return UnavailableError(f"the answer log at {where} has no tables (or an old schema): run `candor db upgrade`")
     if "database is locked" in low or "database is busy" in low:
         return UnavailableError(
             f"the answer log at {where} stayed locked by other writers longer than the busy "
@@ -127,10 +124,7 @@ def translate(exc: SQLAlchemyError, engine: Engine) -> CandorError:
 
 def _retryable(exc: SQLAlchemyError) -> bool:
     low = str(getattr(exc, "orig", exc)).lower()
-    return any(
-        s in low
-        for s in ("database is locked", "deadlock detected", "could not serialize", "database is busy")
-    )
+    return any(s in low for s in ("database is locked", "deadlock detected", "could not serialize", "database is busy"))
 
 
 @contextmanager

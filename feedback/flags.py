@@ -96,9 +96,7 @@ def add_feedback(
     if answer is None:
         raise NotFoundError(f"answer {answer_id!r} not found")
     if answer.status != AnswerStatus.OK:
-        raise InvalidInputError(
-            f"answer {answer_id!r} failed (no answer was given): there is nothing to flag"
-        )
+        raise InvalidInputError(f"answer {answer_id!r} failed (no answer was given): there is nothing to flag")
     allowed = _FOR_REFUSED if answer.refused else _FOR_ANSWERED
     if verdict_ not in allowed:
         kind = "a refusal" if answer.refused else "an answer that was given"
@@ -151,9 +149,7 @@ def add_feedback(
         },
     ).returning(FlagRow.id)
     flag_id = session.execute(stmt).scalar_one()
-    row = session.scalars(
-        select(FlagRow).where(FlagRow.id == flag_id).execution_options(populate_existing=True)
-    ).one()
+    row = session.scalars(select(FlagRow).where(FlagRow.id == flag_id).execution_options(populate_existing=True)).one()
     return flag_out(row)
 
 

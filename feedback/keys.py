@@ -44,25 +44,19 @@ def key_out(row: ApiKeyRow) -> ApiKey:
     )
 
 
-def _check_new_key(
-    name: str, role: str, collections: Sequence[str] | None
-) -> tuple[str, Role, list[str] | None]:
+def _check_new_key(name: str, role: str, collections: Sequence[str] | None) -> tuple[str, Role, list[str] | None]:
     name = name.strip()
     if not name or len(name) > MAX_NAME:
         raise InvalidInputError(f"a key needs a name of 1 to {MAX_NAME} characters")
     try:
         role_ = Role(role)
     except ValueError:
-        raise InvalidInputError(
-            f"unknown role {role!r}: use one of {', '.join(r.value for r in Role)}"
-        ) from None
+        raise InvalidInputError(f"unknown role {role!r}: use one of {', '.join(r.value for r in Role)}") from None
     if collections is None:
         return name, role_, None
     cols = sorted({c.strip() for c in collections if c and c.strip()})
     if not cols:
-        raise InvalidInputError(
-            "a key limited to no collection could do nothing: leave collections unset for all"
-        )
+        raise InvalidInputError("a key limited to no collection could do nothing: leave collections unset for all")
     return name, role_, cols
 
 

@@ -38,18 +38,14 @@ def _delete_answers(session: Session, ids: list[str]) -> tuple[int, int]:
     if not ids:
         return 0, 0
     n_flags = session.scalar(select(func.count()).select_from(FlagRow).where(FlagRow.answer_id.in_(ids))) or 0
-    session.execute(
-        delete(AnswerRow).where(AnswerRow.id.in_(ids)).execution_options(synchronize_session=False)
-    )
+    session.execute(delete(AnswerRow).where(AnswerRow.id.in_(ids)).execution_options(synchronize_session=False))
     return len(ids), n_flags
 
 
 def purge_batch(session: Session, cutoff: datetime, batch: int = BATCH) -> tuple[int, int]:
     """Delete up to ``batch`` answers created before ``cutoff``; returns (answers, flags) deleted."""
     ids = list(
-        session.scalars(
-            select(AnswerRow.id).where(AnswerRow.created_at < cutoff).order_by(AnswerRow.id).limit(batch)
-        )
+        session.scalars(select(AnswerRow.id).where(AnswerRow.created_at < cutoff).order_by(AnswerRow.id).limit(batch))
     )
     return _delete_answers(session, ids)
 
@@ -69,9 +65,7 @@ def erase_flags_batch(session: Session, key_id: str, batch: int = BATCH) -> int:
     """Delete up to ``batch`` flags given by ``key_id``."""
     ids = list(session.scalars(select(FlagRow.id).where(FlagRow.api_key_id == key_id).limit(batch)))
     if ids:
-        session.execute(
-            delete(FlagRow).where(FlagRow.id.in_(ids)).execution_options(synchronize_session=False)
-        )
+        session.execute(delete(FlagRow).where(FlagRow.id.in_(ids)).execution_options(synchronize_session=False))
     return len(ids)
 
 

@@ -168,9 +168,7 @@ class NewAnswer(_Asked):
 
     prompt_version: str
     answer: str
-    raw_answer: str | None = Field(
-        None, description="The model's text before the refusal policy, if it differs."
-    )
+    raw_answer: str | None = Field(None, description="The model's text before the refusal policy, if it differs.")
     refused: bool
     refusal_layer: RefusalLayer | None = None
     refusal_confidence: float | None = None

@@ -308,9 +308,7 @@ class AnswerStore:
             answers, flags = answers + a, flags + f
             if a < _retention.BATCH:
                 break
-        return ErasureResult(
-            key_id=key.id, answers=answers, flags=flags, key_revoked=key.revoked_at is not None
-        )
+        return ErasureResult(key_id=key.id, answers=answers, flags=flags, key_revoked=key.revoked_at is not None)
 
     # --- metrics ------------------------------------------------------------------
     def adapter_stats(self, since: datetime | None = None) -> list[AdapterStats]:

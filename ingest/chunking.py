@@ -69,9 +69,7 @@ def build_splitter(settings: Settings, fingerprint: Fingerprint) -> SentenceSpli
     )
 
 
-def build_ingestion_pipeline(
-    settings: Settings, collection: Collection, fingerprint: Fingerprint
-) -> IngestionPipeline:
+def build_ingestion_pipeline(settings: Settings, collection: Collection, fingerprint: Fingerprint) -> IngestionPipeline:
     """Split, embed (the local model) and add to Chroma with the embeddings: Chroma never embeds."""
     from candor.ingest.embedder import get_embed_model
 

@@ -64,8 +64,9 @@ def describe_collection(settings: Settings, name: str, sample: int = 5) -> Colle
             manifest = Manifest(manifest_col)
             docs = manifest.count()
             pending = len(manifest.pending())
-            page = manifest_col.get(where={"kind": "doc"}, include=["metadatas"], limit=sample)
-            sources = [str(m.get("source", "")) for m in page["metadatas"] or []]
+            if sample > 0:
+                page = manifest_col.get(where={"kind": "doc"}, include=["metadatas"], limit=sample)
+                sources = [str(m.get("source", "")) for m in page["metadatas"] or []]
     created = (chunks.metadata or {}).get("candor_created_at")
     return CollectionInfo(
         name=name,

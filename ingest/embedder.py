@@ -32,6 +32,9 @@ SPECIAL_TOKENS = 2  # [CLS] ... [SEP]
 
 _models: dict[tuple[str, int, int], HuggingFaceEmbedding] = {}
 _models_lock = threading.Lock()
+# One model object serves ingest and retrieval threads alike; a Rust tokenizer called from two threads
+# at once can fail ("Already borrowed"), and with one torch thread nothing is lost by taking turns.
+ENCODE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,8 @@ def get_embed_model(settings: Settings) -> HuggingFaceEmbedding:
         model = _models.get(key)
         if model is None:
             prepare_environment(settings)
-            from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
             cache = settings.data_dir / "cache" / "sentence_transformers"
-            model = HuggingFaceEmbedding(
+            model = _locked_embedding_class()(
                 model_name=str(info.path),
                 device="cpu",
                 embed_batch_size=settings.embed_batch_size,
@@ -146,3 +147,21 @@ def get_embed_model(settings: Settings) -> HuggingFaceEmbedding:
             )
             _models[key] = model
         return model
+
+
+@lru_cache(maxsize=1)
+def _locked_embedding_class() -> type:
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    class LockedHuggingFaceEmbedding(HuggingFaceEmbedding):
+        """HuggingFaceEmbedding whose encode calls take turns (see ENCODE_LOCK)."""
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "HuggingFaceEmbedding"
+
+        def _embed(self, inputs: list, prompt_name: str | None = None) -> list[list[float]]:
+            with ENCODE_LOCK:
+                return super()._embed(inputs, prompt_name)
+
+    return LockedHuggingFaceEmbedding

@@ -66,6 +66,4 @@ def current_fingerprint(settings: Settings) -> Fingerprint:
 
     info = model_info(settings)
     size, overlap = effective_chunking(settings)
-    return Fingerprint(
-        embed_model=info.model_id, embed_dim=info.dimension, chunk_size=size, chunk_overlap=overlap
-    )
+    return Fingerprint(embed_model=info.model_id, embed_dim=info.dimension, chunk_size=size, chunk_overlap=overlap)

@@ -140,8 +140,7 @@ class Manifest:
         from candor.ingest.store import iter_ids
 
         return {
-            e.doc_id: e
-            for e in (ManifestEntry.from_metadata(m) for _, m in iter_ids(self.collection, {"kind": "doc"}))
+            e.doc_id: e for e in (ManifestEntry.from_metadata(m) for _, m in iter_ids(self.collection, {"kind": "doc"}))
         }
 
     def get(self, doc_ids: Sequence[str]) -> dict[str, ManifestEntry]:
@@ -177,8 +176,14 @@ class Manifest:
                 ids=[PENDING_PREFIX + d for d in part],
                 embeddings=[_PLACEHOLDER] * len(part),
                 metadatas=[
-                    {"kind": "pending", "doc_id": d, "host": job.host, "pid": job.pid, "job": job.job,
-                     "started_at": now}
+                    {
+                        "kind": "pending",
+                        "doc_id": d,
+                        "host": job.host,
+                        "pid": job.pid,
+                        "job": job.job,
+                        "started_at": now,
+                    }
                     for d in part
                 ],
             )

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from candor.errors import NotFoundError
+from candor.errors import InvalidInputError, NotFoundError
 from candor.ingest.documents import SourceDocument, documents_from_records
 from candor.ingest.loaders import LoadFailure, load_paths
 from candor.ingest.manifest import Job, ManifestEntry
+from candor.ingest.store import chroma_errors, validate_collection_name
 from candor.ingest.writer import CollectionWriter
 from candor.settings import Settings
 
@@ -91,8 +92,6 @@ def ingest_paths(
 ) -> IngestReport:
     """Ingest files and directories into ``collection``; failures are reported, not raised."""
     started = time.monotonic()
-    from candor.ingest.store import validate_collection_name
-
     validate_collection_name(collection)
     loaded = load_paths(paths)  # raises for missing paths before anything is written
     report = IngestReport(
@@ -103,8 +102,9 @@ def ingest_paths(
         failed=len(loaded.failures),
         reindexed=reindex,
     )
-    writer = CollectionWriter.open(settings, collection, reindex=reindex)
-    _sync(writer, loaded.documents, report, prune=prune, protected_files=loaded.failed_files, progress=progress)
+    with chroma_errors(settings):
+        writer = CollectionWriter.open(settings, collection, reindex=reindex)
+        _sync(writer, loaded.documents, report, prune=prune, protected_files=loaded.failed_files, progress=progress)
     report.seconds = time.monotonic() - started
     return report
 
@@ -112,28 +112,30 @@ def ingest_paths(
 def ingest_documents(settings: Settings, collection: str, docs: Sequence[dict[str, Any]]) -> IngestReport:
     """Add or replace documents posted over HTTP (``{id, text, title?, metadata?}``); all are validated first."""
     started = time.monotonic()
-    from candor.ingest.store import validate_collection_name
-
     validate_collection_name(collection)
     documents = documents_from_records(list(docs))
     report = IngestReport(collection=collection)
-    writer = CollectionWriter.open(settings, collection)
-    _sync(writer, documents, report, prune=False, protected_files=set(), progress=False)
+    with chroma_errors(settings):
+        writer = CollectionWriter.open(settings, collection)
+        _sync(writer, documents, report, prune=False, protected_files=set(), progress=False)
     report.seconds = time.monotonic() - started
     return report
 
 
 def delete_documents(settings: Settings, collection: str, doc_ids: Sequence[str]) -> list[str]:
     """Delete documents by id; NotFoundError (nothing deleted) if any id is not in the collection."""
-    writer = CollectionWriter.open(settings, collection, create=False)
     ids = list(dict.fromkeys(doc_ids))
-    known = writer.manifest.get(ids)
-    missing = [d for d in ids if d not in known]
-    if missing:
-        raise NotFoundError(f"no document {', '.join(map(repr, missing))} in collection {collection!r}")
-    with Job() as job:
-        writer.recover()
-        writer.delete(ids, job)
+    if not ids:
+        raise InvalidInputError("no document ids given")
+    with chroma_errors(settings):
+        writer = CollectionWriter.open(settings, collection, create=False)
+        known = writer.manifest.get(ids)
+        missing = [d for d in ids if d not in known]
+        if missing:
+            raise NotFoundError(f"no document {', '.join(map(repr, missing))} in collection {collection!r}")
+        with Job() as job:
+            writer.recover()
+            writer.delete(ids, job)
     return ids
 
 

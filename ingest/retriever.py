@@ -3,9 +3,10 @@
 ``Retriever(settings).retrieve(query, collection, k)`` embeds the query with the
 collection's own embedding model (loaded once, lazily, on first use) and asks
 Chroma for the k nearest chunks. Scores are cosine similarities (1 - Chroma's
-cosine distance), higher is better. Query embedding is serialised under a lock:
-the process gives torch one thread, and a Rust tokenizer shared by threads can
-fail with "Already borrowed" when called concurrently.
+cosine distance), higher is better. Query embedding is serialised process-wide
+(``embedder.ENCODE_LOCK``, shared with ingest): the process gives torch one
+thread, and a Rust tokenizer shared by threads can fail with "Already borrowed"
+when called concurrently. Chroma queries run in parallel.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ class Retriever:
         self._model_id: str | None = None
 
     def _embed(self, query: str) -> list[float]:
-        with self._lock:
-            if self._model is None:
-                from candor.ingest.embedder import get_embed_model, model_info
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from candor.ingest.embedder import get_embed_model, model_info
 
-                self._model_id = model_info(self.settings).model_id
-                self._model = get_embed_model(self.settings)
-            return self._model.get_query_embedding(query)
+                    self._model_id = model_info(self.settings).model_id
+                    self._model = get_embed_model(self.settings)
+        return self._model.get_query_embedding(query)  # encode calls take turns (embedder.ENCODE_LOCK)
 
     def warm_up(self) -> None:
         """Load the model now (the API calls this at start-up instead of on the first question)."""
@@ -79,7 +81,10 @@ class Retriever:
         docs = res["documents"][0] if res["documents"] else []
         metas = res["metadatas"][0] if res["metadatas"] else []
         dists = res["distances"][0] if res["distances"] else []
-        return [_to_chunk(cid, text, meta or {}, dist) for cid, text, meta, dist in zip(ids, docs, metas, dists)]
+        return [
+            _to_chunk(cid, text, meta or {}, dist)
+            for cid, text, meta, dist in zip(ids, docs, metas, dists, strict=True)
+        ]
 
     def _check_model(self, collection: str, metadata: dict | None) -> None:
         stored = Fingerprint.from_metadata(metadata)
@@ -93,11 +98,7 @@ class Retriever:
 
 
 def _to_chunk(chunk_id: str, text: str | None, meta: dict, distance: float) -> RetrievedChunk:
-    user = {
-        k: v
-        for k, v in meta.items()
-        if k not in _INTERNAL_KEYS and k not in {SOURCE_KEY, HASH_KEY, FILE_KEY}
-    }
+    user = {k: v for k, v in meta.items() if k not in _INTERNAL_KEYS and k not in {SOURCE_KEY, HASH_KEY, FILE_KEY}}
     return RetrievedChunk(
         chunk_id=chunk_id,
         doc_id=str(meta.get("doc_id", "")),

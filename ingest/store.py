@@ -109,9 +109,7 @@ def chroma_errors(settings: Settings) -> Iterator[None]:
         raise UnavailableError(f"Chroma at {describe_location(settings)} is unreachable: {exc}") from None
     except ValueError as exc:
         if "Could not connect" in str(exc):
-            raise UnavailableError(
-                f"Chroma at {describe_location(settings)} is unreachable: {exc}"
-            ) from None
+            raise UnavailableError(f"Chroma at {describe_location(settings)} is unreachable: {exc}") from None
         raise
 
 
@@ -204,7 +202,7 @@ def iter_ids(
         page = collection.get(where=where, include=["metadatas"] if metadata else [], limit=PAGE, offset=offset)
         ids = page["ids"]
         metas = page.get("metadatas") or [None] * len(ids)
-        for cid, meta in zip(ids, metas):
+        for cid, meta in zip(ids, metas, strict=True):
             yield cid, (meta or {})
         if len(ids) < PAGE:
             return

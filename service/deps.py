@@ -61,7 +61,7 @@ async def get_principal(request: Request, services: ServicesDep) -> Principal:
             "rate limit exceeded for this API key",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    collections = frozenset(key.collections) if key.collections else None
+    collections = frozenset(key.collections) if key.collections is not None else None
     return Principal(key_id=key.id, role=str(key.role), collections=collections, trusted=key.trusted)
 
 

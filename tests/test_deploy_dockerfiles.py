@@ -182,9 +182,20 @@ def test_dockerignore_matcher_reads_patterns_as_docker_does() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [".env", ".env.local", "service/.env", ".env.example", ".venv/bin/python", "var/candor.db",
-     ".git/HEAD", "tests/test_deploy_compose.py", "service/__pycache__/api.cpython-311.pyc",
-     ".dvc/cache/ab/cdef", "bench/results/x.json", "docker/compose.yaml"],
+    [
+        ".env",
+        ".env.local",
+        "service/.env",
+        ".env.example",
+        ".venv/bin/python",
+        "var/candor.db",
+        ".git/HEAD",
+        "tests/test_deploy_compose.py",
+        "service/__pycache__/api.cpython-311.pyc",
+        ".dvc/cache/ab/cdef",
+        "bench/results/x.json",
+        "docker/compose.yaml",
+    ],
 )
 def test_secrets_state_and_caches_stay_out_of_the_build_context(path: str) -> None:
     assert not _in_context(path)
@@ -219,7 +230,9 @@ def test_pyproject_packages_are_all_copied() -> None:
     """pip install . in the builder needs every package folder pyproject.toml maps."""
     import tomllib
 
-    package_dirs = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    package_dirs = set(
+        tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    )
     for dockerfile in DOCKERFILES:
         copied = {s.rstrip("/") for s in _copy_sources(dockerfile)}
         assert package_dirs <= copied, f"{dockerfile.name} misses {package_dirs - copied}"

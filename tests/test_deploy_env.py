@@ -42,7 +42,7 @@ VARIABLES = {"POSTGRES_PASSWORD": "pw"}
         ("${UNSET+r}", ""),
         ("${UNSET:-${A}-${UNSET:-z}}", "a-z"),
         ("$${A} and $$", "${A} and $"),
-        ("pg_isready -U \"$${POSTGRES_USER}\"", 'pg_isready -U "${POSTGRES_USER}"'),
+        ('pg_isready -U "$${POSTGRES_USER}"', 'pg_isready -U "${POSTGRES_USER}"'),
         ("no variables", "no variables"),
     ],
 )

@@ -70,7 +70,8 @@ def test_api_env_reaches_a_real_chroma_server(chroma_server, settings, monkeypat
 
     port, data = chroma_server
     env = compose_service_env(
-        "api", "cpu",
+        "api",
+        "cpu",
         ports={"chroma": port, "postgres": 1, "model-server": 1},
         variables={"POSTGRES_PASSWORD": "unused"},
         paths={"/data": tmp_path / "api-data", "/models": tmp_path / "models"},
@@ -126,16 +127,23 @@ def test_migration_job_runs_against_postgres_with_the_compose_env(fresh_database
 
     variables = {k: str(v) for k, v in fresh_database.items() if k != "port"}
     env = compose_service_env(
-        "migrate", "cpu", ports={"postgres": int(fresh_database["port"])},
-        variables=variables, paths={"/data": tmp_path / "data"},
+        "migrate",
+        "cpu",
+        ports={"postgres": int(fresh_database["port"])},
+        variables=variables,
+        paths={"/data": tmp_path / "data"},
     )
     command = load_compose()["services"]["migrate"]["command"]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CANDOR_")}
     candor = Path(sys.executable).with_name("candor")
     for _ in range(2):  # idempotent: the job runs at every `docker compose up`
         proc = subprocess.run(
-            [str(candor), *command], env={**clean, **env}, cwd=tmp_path,
-            capture_output=True, text=True, timeout=300,
+            [str(candor), *command],
+            env={**clean, **env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "already at" in proc.stdout

@@ -77,8 +77,13 @@ def test_healthcheck_passes_on_2xx_and_ignores_proxies(http_port: int) -> None:
 
 
 def test_healthcheck_fails_on_503_and_says_why(http_port: int) -> None:
-    proc = _run(HEALTHCHECK, "/health", "--port-env", "CANDOR_MODEL_SERVER_PORT",
-                env={"CANDOR_MODEL_SERVER_PORT": str(http_port)})
+    proc = _run(
+        HEALTHCHECK,
+        "/health",
+        "--port-env",
+        "CANDOR_MODEL_SERVER_PORT",
+        env={"CANDOR_MODEL_SERVER_PORT": str(http_port)},
+    )
     assert proc.returncode == 1
     assert "HTTP 503" in proc.stderr and "not ready" in proc.stderr
 
@@ -107,8 +112,14 @@ def make_adapter(path: Path, rank: int = 4, seed: int = 0, **config) -> Path:
         f"{LAYER}.q_proj.lora_B.weight": rng.standard_normal((8, rank)).astype(np.float32),
     }
     save_file(tensors, str(path / "adapter_model.safetensors"))
-    body = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj"],
-            "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", **config}
+    body = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": ["q_proj"],
+        "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        **config,
+    }
     (path / "adapter_config.json").write_text(json.dumps(body))
     return path
 
@@ -189,8 +200,14 @@ def test_an_adapter_saved_by_peft_passes_the_checks(tmp_path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules="all-linear"))
     model.save_pretrained(tmp_path / "peft")
     info = volumes.inspect_adapter(tmp_path / "peft")
@@ -206,8 +223,16 @@ def test_an_adapter_saved_by_peft_passes_the_checks(tmp_path: Path) -> None:
 def test_prepare_exports_the_embedder_and_seeds_the_adapter_once(tmp_path: Path) -> None:
     bundled = tmp_path / "image-models"
     first = make_adapter(bundled / "refusal", seed=1)
-    args = ["prepare", "--skip-base", "--embedder-dir", str(tmp_path / "models" / "embedder"),
-            "--adapter-dir", str(tmp_path / "adapters" / "refusal"), "--bundled", str(bundled)]
+    args = [
+        "prepare",
+        "--skip-base",
+        "--embedder-dir",
+        str(tmp_path / "models" / "embedder"),
+        "--adapter-dir",
+        str(tmp_path / "adapters" / "refusal"),
+        "--bundled",
+        str(bundled),
+    ]
     proc = _run(VOLUMES, *args)
     assert proc.returncode == 0, proc.stderr
     assert "embedder exported" in proc.stdout and "adapter seeded" in proc.stdout
@@ -225,8 +250,17 @@ def test_prepare_exports_the_embedder_and_seeds_the_adapter_once(tmp_path: Path)
 
 
 def test_prepare_without_a_bundled_adapter_says_what_to_do(tmp_path: Path) -> None:
-    proc = _run(VOLUMES, "prepare", "--skip-base", "--embedder-dir", str(tmp_path / "e"),
-                "--adapter-dir", str(tmp_path / "a" / "refusal"), "--bundled", str(tmp_path / "none"))
+    proc = _run(
+        VOLUMES,
+        "prepare",
+        "--skip-base",
+        "--embedder-dir",
+        str(tmp_path / "e"),
+        "--adapter-dir",
+        str(tmp_path / "a" / "refusal"),
+        "--bundled",
+        str(tmp_path / "none"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "publish-adapter" in proc.stdout
     assert not (tmp_path / "a" / "refusal").exists()
@@ -235,14 +269,32 @@ def test_prepare_without_a_bundled_adapter_says_what_to_do(tmp_path: Path) -> No
 def test_prepare_refuses_to_guess_between_bundled_adapters(tmp_path: Path) -> None:
     make_adapter(tmp_path / "b" / "one")
     make_adapter(tmp_path / "b" / "two")
-    proc = _run(VOLUMES, "prepare", "--skip-base", "--embedder-dir", str(tmp_path / "e"),
-                "--adapter-dir", str(tmp_path / "a" / "refusal"), "--bundled", str(tmp_path / "b"))
+    proc = _run(
+        VOLUMES,
+        "prepare",
+        "--skip-base",
+        "--embedder-dir",
+        str(tmp_path / "e"),
+        "--adapter-dir",
+        str(tmp_path / "a" / "refusal"),
+        "--bundled",
+        str(tmp_path / "b"),
+    )
     assert proc.returncode == 1 and "several adapters" in proc.stderr and "--default-adapter" in proc.stderr
 
 
 def test_prepare_reports_a_failed_base_model_step(tmp_path: Path) -> None:
     """`candor model prepare` failing (here: no such command) stops the job with a non-zero exit."""
-    proc = _run(VOLUMES, "prepare", "--embedder-dir", str(tmp_path / "e"), "--bundled", str(tmp_path),
-                "--adapter-dir", str(tmp_path / "a"), env={"PATH": str(tmp_path)})
+    proc = _run(
+        VOLUMES,
+        "prepare",
+        "--embedder-dir",
+        str(tmp_path / "e"),
+        "--bundled",
+        str(tmp_path),
+        "--adapter-dir",
+        str(tmp_path / "a"),
+        env={"PATH": str(tmp_path)},
+    )
     assert proc.returncode == 1
     assert "cannot run 'candor'" in proc.stderr and not (tmp_path / "e").exists()

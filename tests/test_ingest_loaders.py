@@ -110,7 +110,14 @@ def test_bad_files_are_reported_and_the_rest_loads(tmp_path: Path) -> None:
     assert reasons["blank.jsonl"] == "empty file"
     assert reasons["loop.md"].startswith("cannot read:")
     assert set(reasons) == {
-        "binary.txt", "empty.md", "blank.txt", "latin1.txt", "broken.pdf", "textless.pdf", "blank.jsonl", "loop.md"
+        "binary.txt",
+        "empty.md",
+        "blank.txt",
+        "latin1.txt",
+        "broken.pdf",
+        "textless.pdf",
+        "blank.jsonl",
+        "loop.md",
     }
     assert result.skipped == ["image.png"]  # unsupported types inside a directory are skipped, hidden files too
 

@@ -151,8 +151,9 @@ def test_posted_documents_and_deletes(chroma_settings: Settings) -> None:
     assert report.new == 1 and report.to_dict()["ok"] is True
     hit = Retriever(s).retrieve("dwarf planet", "api-docs", 1)[0]
     assert (hit.doc_id, hit.source, hit.title, hit.metadata) == ("p1", "api#p1", "Pluto", {"lang": "en"})
-    again = ingest_documents(s, "api-docs", [{"id": "p1", "text": "Pluto is a dwarf planet.", "title": "Pluto",
-                                              "metadata": {"lang": "en"}}])
+    again = ingest_documents(
+        s, "api-docs", [{"id": "p1", "text": "Pluto is a dwarf planet.", "title": "Pluto", "metadata": {"lang": "en"}}]
+    )
     assert again.unchanged == 1 and again.chunks_added == 0
     with pytest.raises(InvalidInputError):
         ingest_documents(s, "api-docs", [{"id": "p2"}])
@@ -181,7 +182,7 @@ def test_collections_list_show_delete(chroma_settings: Settings, corpus: Path) -
         ingest_paths(s, [corpus], "bad.name")
 
 
-def test_retriever_is_thread_safe(embedded_settings: Settings, corpus: Path) -> None:
+def test_retriever_and_ingest_are_thread_safe(embedded_settings: Settings, corpus: Path) -> None:
     ingest_paths(embedded_settings, [corpus], "docs")
     retriever = Retriever(embedded_settings)
     questions = ["oxygen element", "prime numbers", "plague in Europe", "city in California"] * 3
@@ -191,12 +192,18 @@ def test_retriever_is_thread_safe(embedded_settings: Settings, corpus: Path) -> 
     def ask(i: int, q: str) -> None:
         results[i] = [c.chunk_id for c in retriever.retrieve(q, "docs", 2)]
 
+    def ingest_meanwhile() -> None:  # the API embeds posted documents with the same model object
+        docs = [{"id": f"d{i}", "text": f"Document {i} about threads and locks."} for i in range(20)]
+        results[-1] = [str(ingest_documents(embedded_settings, "other", docs).chunks_added)]
+
     threads = [threading.Thread(target=ask, args=(i, q)) for i, q in enumerate(questions)]
+    threads.insert(3, threading.Thread(target=ingest_meanwhile))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert [results[i] for i in range(len(questions))] == [expected[q] for q in questions]
+    assert results[-1] == ["20"]
 
 
 def test_unreachable_server_is_a_clear_error(settings: Settings, corpus: Path) -> None:

@@ -58,7 +58,9 @@ def test_the_logged_prompt_rebuilds_exactly_after_trimming(store):
     )
     a = store.get_answer(store.log_answer(rec))
     assert a.rebuild_messages() == fitted.messages
-    assert a.rebuild_messages() == build_messages("the question?", fitted.chunks, history[len(history) - fitted.history_turns :])
+    assert a.rebuild_messages() == build_messages(
+        "the question?", fitted.chunks, history[len(history) - fitted.history_turns :]
+    )
     assert len(a.chunks) == 3 and sum(c.in_prompt for c in a.chunks) == len(fitted.chunks)
 
 

@@ -33,7 +33,12 @@ def test_export_rows_carry_what_training_needs(store, make_answer):
     # exactly the passages the prompt held: trimmed text kept, dropped chunk left out
     assert [c["text"] for c in r["contexts"]] == [c["prompt_text"] for c in rec["chunks"][:2]]
     assert [c["title"] for c in r["contexts"]] == ["Normans", "Normans"]
-    assert (r["answer"], r["refused"], r["adapter"], r["adapter_version"]) == ("Rollo.", False, "candor-refusal", "a1b2c3d4")
+    assert (r["answer"], r["refused"], r["adapter"], r["adapter_version"]) == (
+        "Rollo.",
+        False,
+        "candor-refusal",
+        "a1b2c3d4",
+    )
     assert r["flagged_at"].endswith("Z") and r["answered_at"].endswith("Z")
     assert rows[1]["refused"] is True and rows[1]["refusal_layer"] == "retrieval_gate" and rows[1]["contexts"] == []
 

@@ -51,8 +51,13 @@ def test_revoke_stops_authentication(store):
 
 @pytest.mark.parametrize(
     ("name", "role", "collections", "match"),
-    [("", "user", None, "name"), ("k", "root", None, "role"), ("k", "user", [], "no collection"),
-     ("k", "user", [" "], "no collection"), ("x" * 201, "user", None, "name")],
+    [
+        ("", "user", None, "name"),
+        ("k", "root", None, "role"),
+        ("k", "user", [], "no collection"),
+        ("k", "user", [" "], "no collection"),
+        ("x" * 201, "user", None, "name"),
+    ],
 )
 def test_invalid_keys(store, name, role, collections, match):
     with pytest.raises(InvalidInputError, match=match):

@@ -106,3 +106,13 @@ def test_migrations_ship_in_the_package():
     versions = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
     assert versions[0] == "0001_initial.py"
     assert Path(MIGRATIONS_DIR).is_relative_to(REPO_ROOT / "feedback")
+
+
+def test_a_schema_dropped_under_a_running_store_is_unavailable(store, store_settings):
+    other = AnswerStore(store_settings)
+    try:
+        other.downgrade("base")  # e.g. an operator rolled back while the API ran
+    finally:
+        other.close()
+    with pytest.raises(UnavailableError, match="has no tables .*candor db upgrade"):
+        store.log_answer(answer_record())

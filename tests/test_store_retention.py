@@ -69,8 +69,15 @@ def test_purge_rejects_non_positive_period(store):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)),
-     ("2w", timedelta(weeks=2)), ("45s", timedelta(seconds=45)), ("7", timedelta(days=7)), (" 3D ", timedelta(days=3))],
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("90m", timedelta(minutes=90)),
+        ("2w", timedelta(weeks=2)),
+        ("45s", timedelta(seconds=45)),
+        ("7", timedelta(days=7)),
+        (" 3D ", timedelta(days=3)),
+    ],
 )
 def test_parse_duration(text, expected):
     assert parse_duration(text) == expected

@@ -114,12 +114,8 @@ def upgrade() -> None:
             "verdict IN ('hallucination', 'correct', 'should_have_refused', 'wrong_refusal')",
             name="ck_flags_verdict",
         ),
-        sa.CheckConstraint(
-            "review_status IN ('pending', 'approved', 'rejected')", name="ck_flags_review_status"
-        ),
-        sa.ForeignKeyConstraint(
-            ["answer_id"], ["answers.id"], name="fk_flags_answer_id_answers", ondelete="CASCADE"
-        ),
+        sa.CheckConstraint("review_status IN ('pending', 'approved', 'rejected')", name="ck_flags_review_status"),
+        sa.ForeignKeyConstraint(["answer_id"], ["answers.id"], name="fk_flags_answer_id_answers", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["api_key_id"], ["api_keys.id"], name="fk_flags_api_key_id_api_keys"),
         sa.PrimaryKeyConstraint("id", name="pk_flags"),
         sa.UniqueConstraint("answer_id", "flagger", name="uq_flags_answer_id_flagger"),

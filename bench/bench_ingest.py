@@ -1,0 +1,123 @@
+"""Ingest throughput on SQuAD train paragraphs, beside raw sentence-transformers encode of the same chunks.
+
+    nice -n 10 python bench/bench_ingest.py [--paragraphs PATH] [--out bench/results/ingest.json]
+
+Both sides run in the same process with the same model, threads and batch size:
+the full ingest (load, hash, manifest, split, embed, Chroma writes) of a fresh
+collection, then `SentenceTransformer.encode` of exactly the texts that ingest
+embedded (chunk + title). Their ratio is the pipeline's overhead over the bare
+model. Model loading is excluded from both (it is reported separately), and a
+second ingest of the unchanged file measures the incremental no-op.
+Not a test: nothing is asserted; the JSON records the figures and the machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PARAGRAPHS = REPO.parent / "shared" / "data" / "squad2" / "train.paragraphs.jsonl"
+
+
+def machine_state() -> dict:
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "nice": os.nice(0),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paragraphs", type=Path, default=DEFAULT_PARAGRAPHS)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "ingest")
+    args = parser.parse_args(argv)
+
+    shutil.rmtree(args.data_dir, ignore_errors=True)
+    os.environ["CANDOR_DATA_DIR"] = str(args.data_dir)
+    from candor.ingest.chunking import build_splitter, to_llama_document
+    from candor.ingest.embedder import get_embed_model
+    from candor.ingest.fingerprint import current_fingerprint
+    from candor.ingest.loaders import load_paths
+    from candor.ingest.pipeline import ingest_paths
+    from candor.settings import load_settings
+
+    settings = load_settings()
+    t0 = time.perf_counter()
+    model = get_embed_model(settings)  # pins torch threads (settings.torch_threads)
+    load_s = time.perf_counter() - t0
+    state_before = machine_state()
+
+    t0 = time.perf_counter()
+    report = ingest_paths(settings, [args.paragraphs], "bench-train")
+    ingest_s = time.perf_counter() - t0
+    if not report.ok:
+        print(report.summary(), file=sys.stderr)
+        return 1
+
+    t0 = time.perf_counter()
+    noop = ingest_paths(settings, [args.paragraphs], "bench-train")
+    noop_s = time.perf_counter() - t0
+
+    # exactly the texts the ingest embedded
+    from llama_index.core.schema import MetadataMode
+
+    docs = load_paths([args.paragraphs]).documents
+    t0 = time.perf_counter()
+    nodes = build_splitter(settings, current_fingerprint(settings))([to_llama_document(d) for d in docs])
+    split_s = time.perf_counter() - t0
+    texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    st = model._model  # the SentenceTransformer inside llama-index's HuggingFaceEmbedding
+    t0 = time.perf_counter()
+    st.encode(texts, batch_size=settings.embed_batch_size, normalize_embeddings=True, show_progress_bar=False)
+    encode_s = time.perf_counter() - t0
+
+    ingest_rate = report.chunks_added / ingest_s
+    encode_rate = len(texts) / encode_s
+    result = {
+        "benchmark": "ingest",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "input": str(args.paragraphs),
+        "documents": report.new,
+        "chunks": report.chunks_added,
+        "chunks_encoded_raw": len(texts),
+        "chunk_size": settings.chunk_size,
+        "chunk_overlap": settings.chunk_overlap,
+        "embed_batch_size": settings.embed_batch_size,
+        "ingest_batch_docs": settings.ingest_batch_docs,
+        "chroma": "embedded PersistentClient",
+        "model_load_s": round(load_s, 2),
+        "ingest_s": round(ingest_s, 2),
+        "ingest_chunks_per_s": round(ingest_rate, 2),
+        "raw_encode_s": round(encode_s, 2),
+        "raw_encode_chunks_per_s": round(encode_rate, 2),
+        "ingest_over_raw_ratio": round(ingest_rate / encode_rate, 3),
+        "split_only_s": round(split_s, 2),
+        "reingest_unchanged_s": round(noop_s, 2),
+        "reingest_unchanged_chunks_added": noop.chunks_added,
+        "threads": state_before,
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

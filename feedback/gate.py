@@ -1,0 +1,122 @@
+"""The promotion gate: does the candidate adapter replace the one serving now?
+
+Both adapters are measured in the same evaluation run, on the same frozen eval
+questions (flagged questions left out) and on the regression set of flagged
+prompts (``candor.feedback.loop_eval``). The candidate is promoted only if
+every check passes; a rejected adapter never reaches users:
+
+- hallucination rate does not rise by more than ``max_hallucination_rise``;
+- over-refusal does not rise by more than ``max_over_refusal_rise``;
+- answer F1 (answerable questions, a refusal scoring 0) does not fall by more
+  than ``max_f1_drop``;
+- it does not refuse (nearly) everything: refused share of the frozen set at
+  most ``max_refused_rate``, and at least one answerable question answered.
+  With the relative checks this stops the cheapest way to "fix" every
+  hallucination flag;
+- the regression set improves: at least ``min_regression_gain`` more flagged
+  prompts handled as now expected than by the current adapter (or all of
+  them, when there is nothing left to gain).
+
+Pure function over the metrics dict, so it is tested with synthetic files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from candor.errors import InvalidInputError
+from candor.feedback.loop_params import GateParams
+
+FROZEN_KEYS = ("hallucination_rate", "over_refusal", "f1", "refused_rate", "n_answerable")
+
+
+def _need(metrics: dict[str, Any], *path: str) -> Any:
+    cur: Any = metrics
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            raise InvalidInputError(f"metrics file lacks {'.'.join(path)}")
+        cur = cur[key]
+    return cur
+
+
+def _check(name: str, ok: bool, detail: str, **values: Any) -> dict[str, Any]:
+    return {"name": name, "ok": bool(ok), "detail": detail, **values}
+
+
+def decide(metrics: dict[str, Any], gate: GateParams) -> dict[str, Any]:
+    """The decision with one entry per check and the reasons in words."""
+    cur = {k: float(_need(metrics, "frozen", "current", k)) for k in FROZEN_KEYS}
+    new = {k: float(_need(metrics, "frozen", "candidate", k)) for k in FROZEN_KEYS}
+    n_reg = int(_need(metrics, "regression", "n"))
+    reg_cur = int(_need(metrics, "regression", "current", "passed"))
+    reg_new = int(_need(metrics, "regression", "candidate", "passed"))
+
+    checks = []
+    h_lim = cur["hallucination_rate"] + gate.max_hallucination_rise
+    checks.append(
+        _check(
+            "hallucination_rate",
+            new["hallucination_rate"] <= h_lim + 1e-12,
+            f"hallucination rate {new['hallucination_rate']:.3f} vs {cur['hallucination_rate']:.3f} now "
+            f"(may rise by {gate.max_hallucination_rise:.3f})",
+            candidate=new["hallucination_rate"],
+            current=cur["hallucination_rate"],
+            limit=h_lim,
+        )
+    )
+    o_lim = cur["over_refusal"] + gate.max_over_refusal_rise
+    checks.append(
+        _check(
+            "over_refusal",
+            new["over_refusal"] <= o_lim + 1e-12,
+            f"over-refusal {new['over_refusal']:.3f} vs {cur['over_refusal']:.3f} now "
+            f"(may rise by {gate.max_over_refusal_rise:.3f})",
+            candidate=new["over_refusal"],
+            current=cur["over_refusal"],
+            limit=o_lim,
+        )
+    )
+    f_lim = cur["f1"] - gate.max_f1_drop
+    checks.append(
+        _check(
+            "answer_f1",
+            new["f1"] >= f_lim - 1e-12,
+            f"answer F1 {new['f1']:.3f} vs {cur['f1']:.3f} now (may fall by {gate.max_f1_drop:.3f})",
+            candidate=new["f1"],
+            current=cur["f1"],
+            limit=f_lim,
+        )
+    )
+    answers_some = new["over_refusal"] < 1.0 or new["n_answerable"] == 0
+    checks.append(
+        _check(
+            "not_refusing_everything",
+            new["refused_rate"] <= gate.max_refused_rate + 1e-12 and answers_some,
+            f"refuses {new['refused_rate']:.3f} of the frozen set (at most {gate.max_refused_rate:.3f}), "
+            f"over-refusal {new['over_refusal']:.3f} (must answer something)",
+            candidate=new["refused_rate"],
+            limit=gate.max_refused_rate,
+        )
+    )
+    if n_reg == 0:
+        reg_ok, reg_detail = False, "the regression set is empty: no flag to check the adapter against"
+    else:
+        gain = reg_new - reg_cur
+        reg_ok = gain >= gate.min_regression_gain or reg_new == n_reg
+        reg_detail = (
+            f"regression set: {reg_new}/{n_reg} as expected vs {reg_cur}/{n_reg} now "
+            f"(needs +{gate.min_regression_gain}, or all)"
+        )
+    checks.append(_check("regression_improves", reg_ok, reg_detail, candidate=reg_new, current=reg_cur, n=n_reg))
+
+    promote = all(c["ok"] for c in checks)
+    failed = [c["detail"] for c in checks if not c["ok"]]
+    return {
+        "promote": promote,
+        "verdict": "promote" if promote else "reject",
+        "reasons": failed if failed else ["every check passed: " + "; ".join(c["detail"] for c in checks)],
+        "checks": checks,
+        "candidate": metrics.get("candidate"),
+        "baseline": metrics.get("baseline"),
+        "gate": dict(gate.__dict__),
+    }

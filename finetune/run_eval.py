@@ -1,0 +1,78 @@
+"""`candor eval --mode oracle`: load data and models, measure, write the report.
+
+The threshold of each model is chosen on the validation split of *train*
+articles (built by `candor finetune build-data`), never on the split reported.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_items
+from candor.finetune.report import write_report
+from candor.finetune.squad import load_squad
+
+
+def run_oracle_eval(
+    settings,
+    ev: dict,
+    models: dict[str, str],
+    *,
+    source: Path | None,
+    split: str | None,
+    limit: int,
+    calibration_limit: int,
+    out: Path,
+    progress: bool = True,
+) -> dict:
+    from candor.finetune.probe import run_probe
+
+    src = Path(source or ev.get("source", "../shared/data/squad2"))
+    split = split or ev.get("split", "dev")
+    seed = int(ev.get("seed", 13))
+    corpus = load_squad(src, split)
+    items = oracle_items(
+        corpus, limit=limit, seed=seed, distractors=int(ev.get("distractors", 0)),
+        extra_categories=ev.get("extra_categories", []) or [], extra_limit=int(ev.get("extra_limit", 100)),
+    )
+    calibration = []
+    if calibration_limit >= 0:
+        cal_corpus = load_squad(Path(ev.get("calibration_source", "var/finetune/data")),
+                                ev.get("calibration_split", "val"))
+        calibration = oracle_items(cal_corpus, limit=calibration_limit, seed=seed,
+                                   distractors=int(ev.get("distractors", 0)))
+    gen = LocalGenerator(
+        Path(ev.get("base_model_path") or settings.resolved_base_model_path),
+        dtype=ev.get("dtype", settings.model_dtype),
+        threads=int(ev.get("torch_threads", 1)),
+        top_n=int(ev.get("top_n_tokens", 5)),
+    )
+    t0 = time.monotonic()
+    pred_dir = out.parent / (out.stem + "-predictions")
+    results = evaluate_oracle(
+        gen, models, items, calibration,
+        max_input_tokens=settings.max_input_tokens,
+        max_new_tokens=int(ev.get("max_new_tokens", 32)),
+        batch_size=int(ev.get("batch_size", 16)),
+        threshold_objective=ev.get("threshold_objective", "minimax"),
+        n_boot=int(ev.get("bootstrap", 1000)),
+        out_dir=pred_dir,
+        progress=progress,
+    )
+    if ev.get("probe", True):
+        for name in models:
+            results[name]["probe"] = run_probe(gen, name)
+    run = {
+        "config": {
+            "mode": "oracle", "source": str(src), "split": split, "questions": len(items), "limit": limit,
+            "calibration": {"source": str(ev.get("calibration_source", "var/finetune/data")),
+                            "split": ev.get("calibration_split", "val"), "questions": len(calibration)},
+            "distractors": int(ev.get("distractors", 0)), "max_new_tokens": int(ev.get("max_new_tokens", 32)),
+            "dtype": ev.get("dtype", settings.model_dtype), "decoding": "greedy, batched, in-process",
+            "seconds": round(time.monotonic() - t0, 1), "models": models,
+        },
+        "models": results,
+    }
+    write_report(run, out, out.with_suffix(".md"), title=f"Candor evaluation: oracle mode, {split}")
+    return run
