@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         None, ge=1, description="Default for `candor feedback purge`: keep answers this many days."
     )
 
+    # --- the retraining loop (adapter registry, hot swap) ---------------------------
+    adapter_registry_dir: Path | None = Field(
+        None, description="Promoted adapters by content hash; default DATA_DIR/adapters."
+    )
+    serving_adapter_name: str = Field(
+        "refusal",
+        min_length=1,
+        description="Stable adapter id the promoted adapter is hot-swapped under; the API's CANDOR_LLM_ADAPTER.",
+    )
+
     @field_validator("chroma_url", "database_url", "llm_adapter", "api_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:

@@ -50,8 +50,17 @@ def build_data(
     corpus = load_squad(src, split or sec.get("split", "train"))
     out = out_dir or Path(sec.get("out_dir", "var/finetune/data"))
     stats = build_dataset(corpus, cfg, out)
-    typer.echo(json.dumps({"out_dir": str(out), "train": stats["train"]["counts"], "val": stats["val"]["counts"],
-                           "val_articles": stats["val_articles"]}, indent=1))
+    typer.echo(
+        json.dumps(
+            {
+                "out_dir": str(out),
+                "train": stats["train"]["counts"],
+                "val": stats["val"]["counts"],
+                "val_articles": stats["val_articles"],
+            },
+            indent=1,
+        )
+    )
 
 
 @finetune.command("train")
@@ -72,7 +81,11 @@ def train_cmd(
     from candor.settings import get_settings
 
     cfg = train_config(
-        load_params(params), variant, output_dir=output_dir, train_file=train_file, max_steps=max_steps,
+        load_params(params),
+        variant,
+        output_dir=output_dir,
+        train_file=train_file,
+        max_steps=max_steps,
         time_budget_minutes=time_budget_minutes,
     )
     summary = train(cfg, get_settings(), resume=not fresh, progress=progress)
@@ -127,14 +140,28 @@ def eval_cmd(
         from candor.finetune.run_eval import run_oracle_eval
 
         results = run_oracle_eval(
-            settings, ev, models, source=source, split=split, limit=limit, calibration_limit=cal_limit,
-            out=out, progress=progress,
+            settings,
+            ev,
+            models,
+            source=source,
+            split=split,
+            limit=limit,
+            calibration_limit=cal_limit,
+            out=out,
+            progress=progress,
         )
     else:
         from candor.finetune.rag import run_rag_eval
 
         results = run_rag_eval(
-            settings, ev, models, source=source, split=split, limit=limit, collection=collection, out=out,
+            settings,
+            ev,
+            models,
+            source=source,
+            split=split,
+            limit=limit,
+            collection=collection,
+            out=out,
             progress=progress,
         )
     for name, res in results["models"].items():
@@ -144,3 +171,18 @@ def eval_cmd(
             f"  answered-F1 {100 * m['answered_f1']:.1f}  F1_RG {100 * m['f1_rg']:.1f}  AUROC {m['auroc']:.3f}"
         )
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@finetune.command("ship")
+def ship_cmd(
+    run_dir: Path = typer.Argument(..., help="A training run folder (holds adapter/ and train_summary.json)."),
+    dest: Path = typer.Option(Path("models/candor-refusal"), help="Where the shipped adapter goes."),
+    stats: Path = typer.Option(Path("var/finetune/data/stats.json"), help="The dataset's stats.json."),
+    eval_json: Path | None = typer.Option(None, "--eval", help="An evaluation JSON to quote in the model card."),
+    eval_model: list[str] | None = typer.Option(None, help="Models of the evaluation to show in the card."),
+) -> None:
+    """Copy a trained adapter into models/ with a model card generated from its measured numbers."""
+    from candor.finetune.model_card import ship_adapter
+
+    out = ship_adapter(run_dir, dest, stats, eval_json, eval_model)
+    typer.echo(f"shipped {out}")

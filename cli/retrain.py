@@ -1,5 +1,295 @@
-"""`candor` commands of this room (filled in by its issue)."""
+"""`candor retrain`, `candor adapters ...` and `candor loop ...`: the feedback loop.
+
+`candor retrain` is the one command for a cron job or a systemd timer;
+`candor adapters` manages the registry of promoted adapters (list, promote,
+rollback, hot swap, health); `candor loop` holds the pipeline's stages, which
+dvc.yaml runs (a person can run them too). All thin: the work is in
+``candor.feedback`` (imported inside each command, so ``candor --help`` stays
+fast).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from candor.settings import get_settings
+
 app = typer.Typer()
+adapters_app = typer.Typer(
+    help="Promoted LoRA adapters by content hash: list, promote, rollback, hot swap, health.", no_args_is_help=True
+)
+loop_app = typer.Typer(
+    help="The retraining pipeline's stages (dvc.yaml runs them; `candor retrain` runs dvc).", no_args_is_help=True
+)
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(loop_app, name="loop")
+
+PARAMS_HELP = "The params file (the loop reads its `loop`, `build_data` and `train` sections)."
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _params(path: Path) -> dict[str, Any]:
+    from candor.feedback.loop_params import read_params
+
+    return read_params(path)
+
+
+def _registry():
+    from candor.feedback.adapters import AdapterRegistry
+
+    return AdapterRegistry.for_settings(get_settings())
+
+
+# --- candor retrain ------------------------------------------------------------------------------
+
+
+@app.command("retrain")
+def retrain_cmd(
+    workspace: Path = typer.Option(
+        Path("."), help="Folder with dvc.yaml and params.yaml (see `candor loop workspace`)."
+    ),
+    swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap a promoted adapter into the model server."),
+    force: bool = typer.Option(False, "--force", help="Retrain even without new flags; rerun every stage."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON at the end."),
+) -> None:
+    """Flags → training pairs → adapter → gate → promote → hot swap, once (locked: runs never overlap)."""
+    from candor.feedback.retrain import retrain
+
+    _logging()
+    summary = retrain(get_settings(), workspace, swap=swap, force=force, echo=typer.echo)
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(f"retrain: {summary['status']}")
+
+
+# --- candor adapters ----------------------------------------------------------------------------
+
+
+def _version_line(v, current: str | None, serving: dict | None) -> str:
+    marks = []
+    if v.version == current:
+        marks.append("current")
+    if serving and serving.get("version") == v.version:
+        marks.append(f"serving as {serving.get('name')}")
+    mark = f"[{', '.join(marks)}]" if marks else ""
+    parent = f"from {v.parent}" if v.parent else ""
+    return f"{v.version}  {v.created_at}  {v.source:<7}  flags={len(v.flag_ids):<4} {parent:<22} {mark}".rstrip()
+
+
+@adapters_app.command("list")
+def adapters_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every registered version, oldest first, with current and serving marked."""
+    reg = _registry()
+    versions, cur, serving = reg.list(), reg.current(), reg.serving()
+    if as_json:
+        _print_json(
+            {
+                "current": cur.version if cur else None,
+                "previous": (p.version if (p := reg.previous()) else None),
+                "serving": serving,
+                "versions": [v.to_dict() for v in versions],
+            }
+        )
+        return
+    if not versions:
+        typer.echo(f"no adapters registered in {reg.root}")
+        return
+    for v in versions:
+        typer.echo(_version_line(v, cur.version if cur else None, serving))
+
+
+@adapters_app.command("show")
+def adapters_show(version: str = typer.Argument(..., help="A version (or a unique prefix).")) -> None:
+    """One version: its lineage, training summary and gate results."""
+    _print_json(_registry().get(version).to_dict())
+
+
+@adapters_app.command("register")
+def adapters_register(
+    path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."),
+    promote: bool = typer.Option(False, "--promote", help="Also make it current."),
+) -> None:
+    """Add an adapter trained elsewhere (e.g. `candor finetune train`) to the registry."""
+    reg = _registry()
+    v = reg.register(path, source="import")
+    typer.echo(f"registered {v.version} ({v.path})")
+    if promote:
+        reg.promote(v.version, note="candor adapters register --promote")
+        typer.echo(f"current: {v.version} (not yet serving: `candor adapters swap`)")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    version: str = typer.Argument(..., help="A registered version (or a unique prefix)."),
+    swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap it into the model server too."),
+) -> None:
+    """Make a version current by hand (bypasses the gate: for an admin who knows why)."""
+    from candor.feedback.hot_swap import hot_swap
+
+    reg = _registry()
+    v = reg.promote(version, note="candor adapters promote")
+    typer.echo(f"current: {v.version}")
+    if swap:
+        record = hot_swap(get_settings(), reg, v.version)
+        typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap the restored version into the model server."),
+    note: str | None = typer.Option(None, help="Why (kept in the registry's history)."),
+) -> None:
+    """Restore the previous current version (and serve it)."""
+    from candor.feedback.hot_swap import hot_swap
+
+    reg = _registry()
+    restored, replaced = reg.rollback(note=note)
+    typer.echo(f"current: {restored.version} (was {replaced.version if replaced else 'none'})")
+    if swap:
+        record = hot_swap(get_settings(), reg, restored.version)
+        typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
+
+
+@adapters_app.command("swap")
+def adapters_swap(
+    version: str | None = typer.Argument(None, help="Version to serve; default: the current one."),
+) -> None:
+    """Load a version into the running model server under the stable name, verify, record."""
+    from candor.feedback.hot_swap import hot_swap
+
+    record = hot_swap(get_settings(), _registry(), version)
+    typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
+
+
+@adapters_app.command("check")
+def adapters_check(
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    out: Path | None = typer.Option(None, help="Also write the report as JSON here (a metrics file)."),
+    rollback: bool = typer.Option(False, "--rollback", help="Roll back (and swap) if a rollback is recommended."),
+) -> None:
+    """Live flag and refusal rates of the current vs the previous version; recommends a rollback."""
+    from candor.feedback.loop_params import loop_params
+    from candor.feedback.monitor import check_health
+    from candor.feedback.pairs import write_json
+
+    report = check_health(get_settings(), loop_params(_params(params)).monitor)
+    if out:
+        write_json(out, report)
+    _print_json({k: v for k, v in report.items() if k != "per_version"})
+    if report["recommend_rollback"]:
+        typer.echo("ROLLBACK RECOMMENDED: " + "; ".join(report["reasons"]), err=True)
+        if rollback:
+            adapters_rollback(swap=True, note="candor adapters check --rollback: " + "; ".join(report["reasons"]))
+        else:
+            raise typer.Exit(3)
+
+
+# --- candor loop (the pipeline's stages) ----------------------------------------------------------
+
+
+@loop_app.command("workspace")
+def loop_workspace(
+    dest: Path = typer.Argument(..., help="Folder to create (or refresh)."),
+    profile: str | None = typer.Option(None, help="Merge params.<profile>.yaml over params.yaml (e.g. small)."),
+    project: Path = typer.Option(Path("."), help="The Candor checkout holding dvc.yaml and params*.yaml."),
+) -> None:
+    """A DVC workspace with another params profile, for `candor retrain --workspace DEST`."""
+    from candor.feedback.workspace import make_workspace
+
+    typer.echo(str(make_workspace(dest, project, profile)))
+
+
+@loop_app.command("export")
+def loop_export(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Write the approved flags and the baseline adapter into the workspace (what `candor retrain` does first)."""
+    from candor.feedback.loop_stages import export_inputs, paths_for
+
+    _, paths = paths_for(_params(params))
+    result = export_inputs(get_settings(), paths)
+    typer.echo(f"exported {result['flags']} flag(s) to {result['export']}; baseline {result['baseline']['version']}")
+
+
+@loop_app.command("screen")
+def loop_screen(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage export_feedback: screen the exported flags (approved, per-key caps, duplicates, conflicts)."""
+    from candor.feedback.loop_stages import screen
+
+    r = screen(_params(params))
+    typer.echo(f"kept {r['kept']} of {r['input']} flag(s); dropped {r['dropped_by_reason'] or 'none'}")
+
+
+@loop_app.command("pairs")
+def loop_pairs(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage build_pairs: flags → refusal / QA training pairs and the regression set."""
+    from candor.feedback.loop_stages import build_pairs
+
+    s = build_pairs(_params(params))
+    typer.echo(
+        f"{s['pairs']} pair(s) ({s['refusal_pairs']} refusal, {s['qa_pairs']} QA), "
+        f"{s['regression_items']} regression item(s)"
+    )
+
+
+@loop_app.command("prepare")
+def loop_prepare(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage prepare: mix the pairs into fresh base data from the fine-tuning builder."""
+    from candor.feedback.loop_stages import prepare
+
+    s = prepare(_params(params))
+    typer.echo(
+        f"{s['rows']} rows: {s['feedback_rows']} feedback ({s['pairs']} pairs x {s['repeats']}), {s['base_rows']} base"
+    )
+
+
+@loop_app.command("train")
+def loop_train(
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Stage train: continue training the baseline adapter on the mixed set."""
+    from candor.feedback.loop_stages import train
+
+    _logging()
+    s = train(_params(params), get_settings(), progress=progress)
+    typer.echo(
+        f"trained {s['steps']} steps in {s['train_time_s']} s; loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}"
+    )
+
+
+@loop_app.command("evaluate")
+def loop_evaluate(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage evaluate: candidate vs baseline on the frozen eval set and the regression set."""
+    from candor.feedback.loop_stages import evaluate
+
+    _logging()
+    m = evaluate(_params(params), get_settings())
+    for role in ("current", "candidate"):
+        f, r = m["frozen"][role], m["regression"][role]
+        typer.echo(
+            f"{role:<9} hallucination {f['hallucination_rate']:.3f}  over-refusal {f['over_refusal']:.3f}  "
+            f"F1 {f['f1']:.3f}  regression {r['passed']}/{m['regression']['n']}"
+        )
+
+
+@loop_app.command("promote")
+def loop_promote(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage promote: the gate's decision (decision.json); a pass registers and promotes the adapter."""
+    from candor.feedback.loop_stages import promote
+
+    d = promote(_params(params), get_settings())
+    typer.echo(f"{d['verdict']}: {d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))
+    for reason in d["reasons"]:
+        typer.echo(f"  - {reason}")

@@ -78,6 +78,7 @@ def prompt_key(row: dict[str, Any]) -> str:
 
 def _consistent(targets: Iterable[tuple[str, str | None]]) -> bool:
     """Targets agree: all refuse, or all answer with at most one known answer text."""
+    targets = list(targets)
     kinds = {t[0] for t in targets}
     if len(kinds) > 1:
         return False

@@ -245,8 +245,13 @@ def build_dataset(corpus: Corpus, cfg: BuildConfig, out_dir: Path) -> dict:
     write_jsonl(
         out_dir / "val.questions.jsonl",
         [
-            {"id": q.id, "doc_id": q.doc_id, "question": q.question, "answers": list(q.answers),
-             "is_impossible": q.is_impossible}
+            {
+                "id": q.id,
+                "doc_id": q.doc_id,
+                "question": q.question,
+                "answers": list(q.answers),
+                "is_impossible": q.is_impossible,
+            }
             for q in val_c.questions
         ],
     )
@@ -258,10 +263,17 @@ def build_dataset(corpus: Corpus, cfg: BuildConfig, out_dir: Path) -> dict:
         "seed": cfg.seed,
         "train_articles": sorted(train_articles),
         "val_articles": sorted(val_articles),
-        "train": {"examples": len(train), "per_category": train_stats,
-                  "counts": dict(Counter(e.category for e in train))},
-        "val": {"examples": len(val), "per_category": val_stats, "questions": len(val_c.questions),
-                "counts": dict(Counter(e.category for e in val))},
+        "train": {
+            "examples": len(train),
+            "per_category": train_stats,
+            "counts": dict(Counter(e.category for e in train)),
+        },
+        "val": {
+            "examples": len(val),
+            "per_category": val_stats,
+            "questions": len(val_c.questions),
+            "counts": dict(Counter(e.category for e in val)),
+        },
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.squad import Corpus, Paragraph, Question
-from candor.prompts import ContextChunk, build_messages, fit_messages, is_refusal
+from candor.prompts import ContextChunk, fit_messages, is_refusal
 from candor.refusal_score import refusal_confidence
 
 log = logging.getLogger("candor.finetune.evaluate")
@@ -113,13 +113,19 @@ def oracle_items(
             gold = corpus.paragraphs[q.doc_id]
             paras = [] if cat == "no_context" else others(gold, max(1, distractors + 1))
             items.append(
-                EvalItem(f"{cat}:{q.id}", cat, q.question, [ContextChunk(p.text, p.title) for p in paras],
-                         list(q.answers), True)
+                EvalItem(
+                    f"{cat}:{q.id}",
+                    cat,
+                    q.question,
+                    [ContextChunk(p.text, p.title) for p in paras],
+                    list(q.answers),
+                    True,
+                )
             )
     return items
 
 
-def _parse_models(models: dict[str, str] | Sequence[str]) -> dict[str, str]:
+def parse_models(models: dict[str, str] | Sequence[str]) -> dict[str, str]:
     """{name: "base" | adapter dir}; a list gets names from the folder names."""
     if isinstance(models, dict):
         out = dict(models)
@@ -228,8 +234,13 @@ class LocalGenerator:
 
 
 def predict(
-    gen: LocalGenerator, items: Sequence[EvalItem], model_name: str, max_input_tokens: int,
-    max_new_tokens: int, batch_size: int, progress=None,
+    gen: LocalGenerator,
+    items: Sequence[EvalItem],
+    model_name: str,
+    max_input_tokens: int,
+    max_new_tokens: int,
+    batch_size: int,
+    progress=None,
 ) -> list[Prediction]:
     prompts = []
     for it in items:

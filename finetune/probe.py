@@ -34,9 +34,7 @@ PROBES: list[tuple[str, tuple[str, ...]]] = [
 
 
 def probe_messages() -> list[list[dict[str, str]]]:
-    return [
-        [{"role": "system", "content": PROBE_SYSTEM}, {"role": "user", "content": q}] for q, _ in PROBES
-    ]
+    return [[{"role": "system", "content": PROBE_SYSTEM}, {"role": "user", "content": q}] for q, _ in PROBES]
 
 
 def score_probe(answers: list[str]) -> dict:

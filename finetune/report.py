@@ -59,9 +59,7 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
         lines.append("| metric | " + " | ".join(present) + " |")
         lines.append("|---|" + "---|" * len(present))
         if key == "at_threshold":
-            lines.append(
-                "| threshold | " + " | ".join(f"{models[n].get('threshold'):.4f}" for n in present) + " |"
-            )
+            lines.append("| threshold | " + " | ".join(f"{models[n].get('threshold'):.4f}" for n in present) + " |")
         n_row = " | ".join(str(models[n][key].get("n")) for n in present)
         lines.append(f"| questions | {n_row} |")
         for metric, mlabel in ROWS:
@@ -73,8 +71,12 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
         lines.append("")
     extra = {n: models[n].get("extra_categories") for n in names if models[n].get("extra_categories")}
     if extra:
-        lines += ["## Derived categories (refusal is right for all of them)", "",
-                  "| model | category | n | refused, model only | refused, at threshold |", "|---|---|---|---|---|"]
+        lines += [
+            "## Derived categories (refusal is right for all of them)",
+            "",
+            "| model | category | n | refused, model only | refused, at threshold |",
+            "|---|---|---|---|---|",
+        ]
         for n, cats in extra.items():
             for cat, v in cats.items():
                 lines.append(
@@ -84,9 +86,12 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
         lines.append("")
     split = {n: models[n].get("by_retrieval") for n in names if models[n].get("by_retrieval")}
     if split:
-        lines += ["## End-to-end, split by whether retrieval found the gold paragraph", "",
-                  "| model | gold retrieved | n | hallucination | over-refusal | answered-F1 | refused |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## End-to-end, split by whether retrieval found the gold paragraph",
+            "",
+            "| model | gold retrieved | n | hallucination | over-refusal | answered-F1 | refused |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for n, groups in split.items():
             for g, m in groups.items():
                 lines.append(
@@ -108,11 +113,14 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
                 continue
             step = max(1, len(curve) // 12)
             pts = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
-            lines.append(f"**{n}**: " + ", ".join(
-                f"t={'model' if p['threshold'] is None else format(p['threshold'], '.3f')}: "
-                f"over-refusal {100 * p['over_refusal']:.1f} / halluc. {100 * p['hallucination_rate']:.1f}"
-                for p in pts
-            ))
+            lines.append(
+                f"**{n}**: "
+                + ", ".join(
+                    f"t={'model' if p['threshold'] is None else format(p['threshold'], '.3f')}: "
+                    f"over-refusal {100 * p['over_refusal']:.1f} / halluc. {100 * p['hallucination_rate']:.1f}"
+                    for p in pts
+                )
+            )
             lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_items
+from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_items, parse_models
 from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
 
@@ -28,20 +28,27 @@ def run_oracle_eval(
 ) -> dict:
     from candor.finetune.probe import run_probe
 
+    models = parse_models(models)  # a missing adapter fails before any data or model loads
     src = Path(source or ev.get("source", "../shared/data/squad2"))
     split = split or ev.get("split", "dev")
     seed = int(ev.get("seed", 13))
     corpus = load_squad(src, split)
     items = oracle_items(
-        corpus, limit=limit, seed=seed, distractors=int(ev.get("distractors", 0)),
-        extra_categories=ev.get("extra_categories", []) or [], extra_limit=int(ev.get("extra_limit", 100)),
+        corpus,
+        limit=limit,
+        seed=seed,
+        distractors=int(ev.get("distractors", 0)),
+        extra_categories=ev.get("extra_categories", []) or [],
+        extra_limit=int(ev.get("extra_limit", 100)),
     )
     calibration = []
     if calibration_limit >= 0:
-        cal_corpus = load_squad(Path(ev.get("calibration_source", "var/finetune/data")),
-                                ev.get("calibration_split", "val"))
-        calibration = oracle_items(cal_corpus, limit=calibration_limit, seed=seed,
-                                   distractors=int(ev.get("distractors", 0)))
+        cal_corpus = load_squad(
+            Path(ev.get("calibration_source", "var/finetune/data")), ev.get("calibration_split", "val")
+        )
+        calibration = oracle_items(
+            cal_corpus, limit=calibration_limit, seed=seed, distractors=int(ev.get("distractors", 0))
+        )
     gen = LocalGenerator(
         Path(ev.get("base_model_path") or settings.resolved_base_model_path),
         dtype=ev.get("dtype", settings.model_dtype),
@@ -51,7 +58,10 @@ def run_oracle_eval(
     t0 = time.monotonic()
     pred_dir = out.parent / (out.stem + "-predictions")
     results = evaluate_oracle(
-        gen, models, items, calibration,
+        gen,
+        models,
+        items,
+        calibration,
         max_input_tokens=settings.max_input_tokens,
         max_new_tokens=int(ev.get("max_new_tokens", 32)),
         batch_size=int(ev.get("batch_size", 16)),
@@ -65,12 +75,22 @@ def run_oracle_eval(
             results[name]["probe"] = run_probe(gen, name)
     run = {
         "config": {
-            "mode": "oracle", "source": str(src), "split": split, "questions": len(items), "limit": limit,
-            "calibration": {"source": str(ev.get("calibration_source", "var/finetune/data")),
-                            "split": ev.get("calibration_split", "val"), "questions": len(calibration)},
-            "distractors": int(ev.get("distractors", 0)), "max_new_tokens": int(ev.get("max_new_tokens", 32)),
-            "dtype": ev.get("dtype", settings.model_dtype), "decoding": "greedy, batched, in-process",
-            "seconds": round(time.monotonic() - t0, 1), "models": models,
+            "mode": "oracle",
+            "source": str(src),
+            "split": split,
+            "questions": len(items),
+            "limit": limit,
+            "calibration": {
+                "source": str(ev.get("calibration_source", "var/finetune/data")),
+                "split": ev.get("calibration_split", "val"),
+                "questions": len(calibration),
+            },
+            "distractors": int(ev.get("distractors", 0)),
+            "max_new_tokens": int(ev.get("max_new_tokens", 32)),
+            "dtype": ev.get("dtype", settings.model_dtype),
+            "decoding": "greedy, batched, in-process",
+            "seconds": round(time.monotonic() - t0, 1),
+            "models": models,
         },
         "models": results,
     }

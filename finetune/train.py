@@ -70,6 +70,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"  # a preset name or a list of module names
+    lora_layers: int = 0  # 0 = every layer; N = only the top N layers (backward then stops there: cheaper)
     # loss
     first_token_weight: float = 1.0  # the first answer token carries the answer/refuse decision
     distill_lambda: float = 0.0  # 0 = plain SFT
@@ -134,7 +135,14 @@ def attach_lora(model, cfg: TrainConfig):
 
     if cfg.gradient_checkpointing:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    n_layers = model.config.num_hidden_layers
+    layers = None
+    if cfg.lora_layers:
+        if not 0 < cfg.lora_layers <= n_layers:
+            raise InvalidInputError(f"lora_layers must be between 1 and {n_layers}")
+        layers = list(range(n_layers - cfg.lora_layers, n_layers))
     lcfg = LoraConfig(
+        layers_to_transform=layers,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
@@ -162,9 +170,7 @@ def read_examples(path: Path, tokenizer, cfg: TrainConfig) -> tuple[list[Encoded
                 raise InvalidInputError(f"{path}:{n}: expected a JSON object with 'messages'") from None
             if not messages or messages[-1].get("role") != "assistant":
                 raise InvalidInputError(f"{path}:{n}: the last message must be the assistant's answer")
-            enc = encode_example(
-                tokenizer, messages, not is_refusal(messages[-1]["content"]), row.get("category", "")
-            )
+            enc = encode_example(tokenizer, messages, not is_refusal(messages[-1]["content"]), row.get("category", ""))
             if len(enc.input_ids) > cfg.max_length:
                 dropped += 1
                 continue
@@ -357,8 +363,11 @@ def train(cfg: TrainConfig, settings, resume: bool = True, progress: bool = True
     window: list[dict] = []
     stop_reason = "max_steps"
     while state["step"] < max_steps:
-        if cfg.distill_lambda > 0 and cfg.teacher == "snapshot" and teacher is None and (
-            state["step"] >= cfg.snapshot_steps
+        if (
+            cfg.distill_lambda > 0
+            and cfg.teacher == "snapshot"
+            and teacher is None
+            and (state["step"] >= cfg.snapshot_steps)
         ):
             teacher = SnapshotTeacher(params)
             log.info("teacher snapshot taken at step %d", state["step"])

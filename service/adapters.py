@@ -59,8 +59,7 @@ class AdapterInfo:
 def check_adapter_name(name: str) -> str:
     if not ADAPTER_NAME_RE.match(name or ""):
         raise AdapterError(
-            f"invalid adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit"
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -142,9 +141,7 @@ def base_model_matches(claim: str, base_path: Path, base_model_id: str) -> bool:
     return _normalise_model_name(claim) == _normalise_model_name(base_model_id)
 
 
-def inspect_adapter(
-    spec: AdapterSpec, base_path: Path, base_model_id: str, allow_base_mismatch: bool
-) -> AdapterInfo:
+def inspect_adapter(spec: AdapterSpec, base_path: Path, base_model_id: str, allow_base_mismatch: bool) -> AdapterInfo:
     """Validate an adapter before any weights are loaded; raise AdapterError with the reason."""
     config = read_adapter_config(spec.path)
     claim = config.get("base_model_name_or_path")

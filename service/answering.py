@@ -222,6 +222,12 @@ class AnswerEngine:
         except Exception:  # the original error matters more to the caller
             log.exception("could not log a failed answer")
 
+    def _payload(self, prep: _Prepared) -> dict[str, Any]:
+        """TGI gets the prompt rendered with the model's chat template; OpenAI engines get the messages."""
+        if self.settings.llm_backend == "openai":
+            return {"messages": prep.messages}
+        return {"prompt": prep.prompt}
+
     def _new_id(self) -> str:
         return self.store.new_answer_id()
 
@@ -272,9 +278,7 @@ class AnswerEngine:
             return result
         t0 = time.perf_counter()
         try:
-            gen = await self.llm.generate(
-                prompt=prep.prompt, messages=prep.messages, max_new_tokens=self.settings.max_new_tokens
-            )
+            gen = await self.llm.generate(**self._payload(prep), max_new_tokens=self.settings.max_new_tokens)
         except CandorError as exc:
             await self._log_failure(prep, req, exc)
             raise
@@ -300,9 +304,7 @@ class AnswerEngine:
         pieces: list[str] = []
         final = None
         try:
-            async for ev in self.llm.stream(
-                prompt=prep.prompt, messages=prep.messages, max_new_tokens=self.settings.max_new_tokens
-            ):
+            async for ev in self.llm.stream(**self._payload(prep), max_new_tokens=self.settings.max_new_tokens):
                 if isinstance(ev, str):
                     pieces.append(ev)
                     if not hold:

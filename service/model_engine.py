@@ -298,9 +298,7 @@ class ModelEngine:
         requests get the new ones as soon as this returns.
         """
         self._require_ready()
-        info = inspect_adapter(
-            spec, self.base_path, self.model_id, allow_base_mismatch or self.allow_base_mismatch
-        )
+        info = inspect_adapter(spec, self.base_path, self.model_id, allow_base_mismatch or self.allow_base_mismatch)
         with self._adapter_lock:
             served = self._build_adapter(spec, info)
             self._adapters[spec.name] = served
@@ -521,9 +519,7 @@ class ModelEngine:
                 prefill=row.prefill,
                 stop_sequence=stop,
             )
-        top = [
-            TokenOut(tid, self.tokenizer.decode([tid]), lp, tid in self._special_ids) for tid, lp in choice.top
-        ]
+        top = [TokenOut(tid, self.tokenizer.decode([tid]), lp, tid in self._special_ids) for tid, lp in choice.top]
         event = StepEvent(
             index=row.generated - 1,
             token=TokenOut(choice.token_id, text, choice.logprob, special),

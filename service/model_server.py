@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,7 +99,12 @@ class _Admission:
 
 
 class _Run:
-    """One submitted job: its events arrive on an asyncio queue from the worker thread."""
+    """One admitted, submitted job: events arrive on an asyncio queue from the worker thread.
+
+    Admission (the 429 cap) is taken here and given back exactly once by
+    ``close()``: at the end of the events, when the client goes away, or when
+    a stream body is dropped before it was ever iterated.
+    """
 
     def __init__(self, server: _Server, job: GenerationJob, adapter: str | None):
         self.server = server
@@ -106,14 +112,33 @@ class _Run:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.adapter = adapter
+        self._closed = False
         loop = asyncio.get_running_loop()
 
         def sink(event: Any) -> None:
             loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
-        self.handle = server.engine.submit(job, sink)
+        server.metrics.requests.inc()
+        server.admission.enter()
+        try:
+            self.handle = server.engine.submit(job, sink)
+        except BaseException:
+            server.admission.leave()
+            raise
         server.metrics.input_length.observe(len(job.input_ids))
         server.metrics.by_adapter.labels(adapter or "base").inc()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.handle.cancel()  # a no-op once finished; frees the batch row if the client left
+            self.server.admission.leave()
+            self.server.metrics.duration.observe(time.perf_counter() - self.started)
+
+    def guard(self, body: Any) -> Any:
+        """Close this run if a stream body is garbage-collected without being iterated."""
+        weakref.finalize(body, self.close)
+        return body
 
     async def events(self) -> AsyncIterator[StepEvent]:
         """Step events until the last; an ErrorEvent raises GenerationFailed."""
@@ -131,8 +156,7 @@ class _Run:
                     self.server.metrics.generated.observe(event.finish.generated_tokens)
                     return
         finally:
-            self.handle.cancel()  # a no-op once finished; frees the batch slot if the client left
-            self.server.metrics.duration.observe(time.perf_counter() - self.started)
+            self.close()
 
     async def collect(self) -> tuple[list[StepEvent], Any]:
         events = [e async for e in self.events()]
@@ -287,27 +311,17 @@ def _install_error_handlers(app: FastAPI, server: _Server) -> None:
 
 
 def _add_tgi_routes(app: FastAPI, server: _Server) -> None:
-    async def start(request: tgi.GenerateRequest) -> tuple[_Run, tgi.ValidatedRequest]:
-        server.metrics.requests.inc()
-        server.admission.enter()
-        try:
-            v = tgi.validate_generate(request, server.tokenizer(), server.limits)
-            run = _Run(server, server.job(v, v.adapter_id, v.decoder_input_details), v.adapter_id)
-        except BaseException:
-            server.admission.leave()
-            raise
-        return run, v
+    def start(request: tgi.GenerateRequest) -> tuple[_Run, tgi.ValidatedRequest]:
+        v = tgi.validate_generate(request, server.tokenizer(), server.limits)
+        return _Run(server, server.job(v, v.adapter_id, v.decoder_input_details), v.adapter_id), v
 
     async def generate_body(request: tgi.GenerateRequest) -> dict[str, Any]:
-        run, v = await start(request)
-        try:
-            events, finish = await run.collect()
-        finally:
-            server.admission.leave()
+        run, v = start(request)
+        events, finish = await run.collect()
         return tgi.generate_response(v, request.inputs, events, finish)
 
     async def stream(request: tgi.GenerateRequest) -> StreamingResponse:
-        run, v = await start(request)
+        run, v = start(request)
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -317,9 +331,9 @@ def _add_tgi_routes(app: FastAPI, server: _Server) -> None:
                 server.metrics.failure.labels(exc.error_type).inc()
                 yield _sse(tgi.error_body(str(exc), exc.error_type))
             finally:
-                server.admission.leave()
+                run.close()
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(run.guard(body()), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.post("/")
     async def compat_generate(request: tgi.CompatGenerateRequest) -> Any:
@@ -394,15 +408,6 @@ def _add_openai_routes(app: FastAPI, server: _Server) -> None:
             )
         return {"object": "list", "data": data}
 
-    async def start(job: oai.OpenAIJob) -> _Run:
-        server.metrics.requests.inc()
-        server.admission.enter()
-        try:
-            return _Run(server, server.job(job, job.adapter_id), job.adapter_id)
-        except BaseException:
-            server.admission.leave()
-            raise
-
     def openai_stream(job: oai.OpenAIJob, run: _Run, chat: bool, include_usage: bool) -> StreamingResponse:
         chunk_id, created = oai.new_id("chatcmpl" if chat else "cmpl"), int(time.time())
         make = oai.chat_chunk if chat else oai.completion_chunk
@@ -411,13 +416,13 @@ def _add_openai_routes(app: FastAPI, server: _Server) -> None:
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for event in run.events():
-                    piece = "" if event.token.special else trimmer.feed(event.token.text)
                     finish = event.finish
                     if finish is None:
+                        piece = "" if event.token.special else trimmer.feed(event.token.text)
                         yield _sse(make(job, chunk_id, created, FINGERPRINT, piece, event, None), space=True)
                         continue
-                    final = oai.cut_at_stop(finish.generated_text, finish.stop_sequence)
-                    piece += trimmer.finish(final)
+                    # The final token may complete a stop sequence: release up to it, no further.
+                    piece = trimmer.finish(oai.cut_at_stop(finish.generated_text, finish.stop_sequence))
                     reason = oai.finish_reason(finish.finish_reason)
                     yield _sse(make(job, chunk_id, created, FINGERPRINT, piece, event, reason), space=True)
                     if include_usage:
@@ -429,19 +434,16 @@ def _add_openai_routes(app: FastAPI, server: _Server) -> None:
                 server.metrics.failure.labels(exc.error_type).inc()
                 yield _sse(tgi.error_body(str(exc), exc.error_type), space=True)
             finally:
-                server.admission.leave()
+                run.close()
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(run.guard(body()), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def respond(job: oai.OpenAIJob, stream: bool, include_usage: bool, chat: bool) -> Any:
-        run = await start(job)
+        run = _Run(server, server.job(job, job.adapter_id), job.adapter_id)
         if stream:
             return openai_stream(job, run, chat, include_usage)
-        try:
-            events, finish = await run.collect()
-        finally:
-            server.admission.leave()
+        events, finish = await run.collect()
         build = oai.chat_completion if chat else oai.completion
         return build(job, events, finish, FINGERPRINT)
 
@@ -475,9 +477,7 @@ def _add_admin_routes(app: FastAPI, server: _Server) -> None:
         """Load or replace an adapter without a restart (the retraining loop's hot swap)."""
         server.check_admin(request)
         spec = AdapterSpec(check_adapter_name(body.name), Path(body.path).expanduser())
-        info = await run_in_threadpool(
-            server.engine.load_adapter, spec, allow_base_mismatch=body.allow_base_mismatch
-        )
+        info = await run_in_threadpool(server.engine.load_adapter, spec, allow_base_mismatch=body.allow_base_mismatch)
         log.info("adapter %s loaded from %s (version %s)", info.name, info.path, info.version)
         return info.as_dict()
 

@@ -140,13 +140,14 @@ def _common_job(
     )
     stop = validate_stop([req.stop] if isinstance(req.stop, str) else req.stop)
     max_tokens = req.max_tokens if req.max_tokens is not None else default_max_tokens
+    adapter = resolve_model(req.model, model_id)
     return OpenAIJob(
         input_ids=input_ids,
         max_new_tokens=check_lengths(len(input_ids), max_tokens, limits),
         sampling=sampling,
         stop=stop,
-        adapter_id=resolve_model(req.model, model_id),
-        model_name=req.model or model_id,
+        adapter_id=adapter,
+        model_name=adapter or model_id,
         top_logprobs=top_logprobs,
         want_logprobs=want_logprobs,
     )

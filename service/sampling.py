@@ -81,9 +81,7 @@ class TokenChooser:
             ids = torch.tensor(list(self._counts), dtype=torch.long)
             if p.repetition_penalty and p.repetition_penalty != 1.0:
                 picked = scores[ids]
-                scores[ids] = torch.where(
-                    picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty
-                )
+                scores[ids] = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
             if p.frequency_penalty:
                 counts = torch.tensor(list(self._counts.values()), dtype=scores.dtype)
                 scores[ids] = scores[ids] - p.frequency_penalty * counts
@@ -91,10 +89,7 @@ class TokenChooser:
             scores = scores / p.temperature
         logprobs = torch.log_softmax(scores, dim=-1)
 
-        if self.generator is None:
-            token = int(torch.argmax(scores))
-        else:
-            token = self._sample(scores)
+        token = int(torch.argmax(scores)) if self.generator is None else self._sample(scores)
         top: list[tuple[int, float]] = []
         if p.top_n_tokens:
             values, indices = torch.topk(logprobs, p.top_n_tokens)

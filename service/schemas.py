@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+)
 
 COLLECTION_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,61}[a-zA-Z0-9]$"
 
@@ -29,7 +38,7 @@ class ChatRequest(BaseModel):
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("question must not be blank")
-        return v
+        return _utf8(v)
 
 
 class Citation(BaseModel):
@@ -79,12 +88,37 @@ class FeedbackResponse(BaseModel):
     review_status: str
 
 
+MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+MetaValue = Annotated[str, StringConstraints(max_length=1000)] | StrictBool | StrictInt | FiniteFloat
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")
     text: str = Field(min_length=1, max_length=2_000_000)
     title: str | None = Field(None, max_length=1000)
-    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("id", "text", "title")
+    @classmethod
+    def _valid_unicode(cls, v: str | None) -> str | None:
+        return None if v is None else _utf8(v)
+
+    @field_validator("metadata")
+    @classmethod
+    def _valid_metadata(cls, v: dict) -> dict:
+        for value in v.values():
+            if isinstance(value, str):
+                _utf8(value)
+        return v
 
 
 class DocumentsIn(BaseModel):

@@ -32,9 +32,7 @@ class _EngineCollector(Collector):
             "candor_model_decode_rows", "Sum of batch sizes over decode steps", value=s.decode_rows
         )
         yield CounterMetricFamily("candor_model_prefills", "Prompts prefilled", value=s.prefills)
-        yield CounterMetricFamily(
-            "candor_model_generated_tokens", "Tokens generated", value=s.generated_tokens
-        )
+        yield CounterMetricFamily("candor_model_generated_tokens", "Tokens generated", value=s.generated_tokens)
         yield GaugeMetricFamily(
             "candor_model_max_batch_rows", "Largest batch seen in a decode step", value=s.max_batch_rows
         )
@@ -49,9 +47,7 @@ class ServerMetrics:
         self.requests = Counter("tgi_request_count", "Generation requests received", registry=r)
         self.success = Counter("tgi_request_success", "Generation requests that succeeded", registry=r)
         self.failure = Counter("tgi_request_failure", "Failed requests", ["err"], registry=r)
-        self.duration = Histogram(
-            "tgi_request_duration", "Request duration in seconds", buckets=_SECONDS, registry=r
-        )
+        self.duration = Histogram("tgi_request_duration", "Request duration in seconds", buckets=_SECONDS, registry=r)
         self.first_token = Histogram(
             "candor_time_to_first_token_seconds", "Time to the first token", buckets=_SECONDS, registry=r
         )
@@ -62,9 +58,7 @@ class ServerMetrics:
             "tgi_request_input_length", "Input tokens per request", buckets=_TOKENS, registry=r
         )
         self.in_flight = Gauge("candor_requests_in_flight", "Generation requests in flight", registry=r)
-        self.by_adapter = Counter(
-            "candor_adapter_requests", "Generation requests per adapter", ["adapter"], registry=r
-        )
+        self.by_adapter = Counter("candor_adapter_requests", "Generation requests per adapter", ["adapter"], registry=r)
         r.register(_EngineCollector(engine))
 
     def render(self) -> bytes:

@@ -136,18 +136,14 @@ def validate_sampling(
 def validate_stop(stop: list[str] | None) -> tuple[str, ...]:
     stop = [s for s in (stop or []) if s]
     if len(stop) > MAX_STOP_SEQUENCES:
-        raise ValidationFailed(
-            f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(stop)}"
-        )
+        raise ValidationFailed(f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(stop)}")
     return tuple(stop)
 
 
 def check_lengths(input_length: int, max_new_tokens: int | None, limits: Limits) -> int:
     """Apply TGI's length rules; return the effective max_new_tokens."""
     if input_length > limits.max_input_tokens:
-        raise ValidationFailed(
-            f"`inputs` tokens must be <= {limits.max_input_tokens}. Given: {input_length}"
-        )
+        raise ValidationFailed(f"`inputs` tokens must be <= {limits.max_input_tokens}. Given: {input_length}")
     if max_new_tokens is None:  # TGI 3: whatever room is left
         max_new_tokens = limits.max_total_tokens - input_length
     if max_new_tokens <= 0:
@@ -212,9 +208,7 @@ def token_json(token: Any) -> dict[str, Any]:
     return {"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special}
 
 
-def generate_response(
-    request: ValidatedRequest, inputs: str, events: list[Any], finish: Any
-) -> dict[str, Any]:
+def generate_response(request: ValidatedRequest, inputs: str, events: list[Any], finish: Any) -> dict[str, Any]:
     """A GenerateResponse from the step events of one finished request."""
     text = (inputs + finish.generated_text) if request.return_full_text else finish.generated_text
     body: dict[str, Any] = {"generated_text": text}
@@ -243,9 +237,7 @@ def stream_event(request: ValidatedRequest, inputs: str, event: Any) -> dict[str
     }
     finish = event.finish
     if finish is not None:
-        body["generated_text"] = (
-            inputs + finish.generated_text if request.return_full_text else finish.generated_text
-        )
+        body["generated_text"] = inputs + finish.generated_text if request.return_full_text else finish.generated_text
         if request.details:
             body["details"] = {
                 "finish_reason": finish.finish_reason,

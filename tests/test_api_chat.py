@@ -48,7 +48,7 @@ def test_answer_with_citations_is_logged(lenient_api):
     body = resp.json()
     assert body["refused"] is False and body["answer"].strip()
     assert body["citations"], "an answer carries its citations"
-    assert body["citations"][0]["doc_id"] == "overview.md"
+    assert "MiniLM" in body["citations"][0]["snippet"]  # the top chunk holds the answer
     assert all(set(c) == {"doc_id", "chunk_id", "source", "snippet", "score"} for c in body["citations"])
     assert body["timings_ms"]["total"] >= body["timings_ms"]["generation"] > 0
     assert body["model"]["base"]

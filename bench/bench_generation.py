@@ -1,0 +1,258 @@
+"""Generation speed of the embedded TGI-compatible server, over real HTTP.
+
+    nice -n 10 python bench/bench_generation.py [--threads 2] [--url URL] [--out bench/results/generation.json]
+
+Per configuration (base model; a LoRA adapter chosen by adapter_id):
+- single stream: greedy, 128 new tokens, a ~400-token RAG-style prompt, streamed:
+  time to first token (TTFT), decode tokens/s (after the first token) and
+  end-to-end tokens/s; median of --repeats runs;
+- total tokens/s with 1, 4 and 8 concurrent clients, each sending
+  --requests-per-client requests (different prompts) back to back;
+- peak RSS of the server process (VmHWM), after the runs.
+
+Unless --url is given, the script starts `candor model-server` itself (once
+without adapter, once with a random LoRA adapter, r=16 on all linear layers,
+the size of the refusal adapter; or --adapter-path). Prompts ask for a long
+answer so that most requests run the full 128 tokens; the tokens actually
+generated are what is counted. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CANDOR_SHARED_DIR", REPO.parent / "shared"))
+PARAGRAPHS = SHARED / "data" / "squad2" / "dev.paragraphs.jsonl"
+SYSTEM = "You are a helpful assistant. Use the context passages."
+ASK = "Retell everything the passages above say, in a long and detailed answer with many sentences."
+
+
+def build_prompts(tokenizer: Any, n: int, target_tokens: int = 400) -> list[str]:
+    """n different prompts of about target_tokens tokens: SQuAD paragraphs plus a long-answer question."""
+    paragraphs = [json.loads(line)["text"] for line in PARAGRAPHS.read_text(encoding="utf-8").splitlines()]
+    prompts, i = [], 0
+    for _ in range(n):
+        context: list[str] = []
+        while True:
+            context.append(paragraphs[i % len(paragraphs)])
+            i += 1
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Context:\n" + "\n\n".join(context) + "\n\n" + ASK},
+            ]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            if len(tokenizer(text)["input_ids"]) >= target_tokens - 60:
+                break
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) > target_tokens + 60:  # trim the context to land near the target
+            words = context[-1].split()
+            while len(ids) > target_tokens + 20 and words:
+                words = words[: int(len(words) * 0.9)]
+                context[-1] = " ".join(words)
+                messages[1]["content"] = "Context:\n" + "\n\n".join(context) + "\n\n" + ASK
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                ids = tokenizer(text)["input_ids"]
+        prompts.append(text)
+    return prompts
+
+
+async def stream_once(client: Any, url: str, prompt: str, new_tokens: int, adapter: str | None) -> dict[str, float]:
+    params: dict[str, Any] = {"max_new_tokens": new_tokens, "details": True}
+    if adapter:
+        params["adapter_id"] = adapter
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    input_length = None
+    async with client.stream("POST", url + "/generate_stream", json={"inputs": prompt, "parameters": params}) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if "error" in event:
+                raise RuntimeError(event["error"])
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            tokens += 1
+            if event.get("details"):
+                input_length = event["details"]["input_length"]
+    assert first is not None and last is not None
+    return {
+        "ttft_s": first - started,
+        "total_s": last - started,
+        "tokens": tokens,
+        "input_tokens": input_length or 0,
+        "decode_tok_s": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0,
+    }
+
+
+async def single_stream(url: str, prompts: list[str], new_tokens: int, adapter: str | None, repeats: int) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        await stream_once(client, url, prompts[0], 8, adapter)  # warm-up
+        runs = [await stream_once(client, url, prompts[i % len(prompts)], new_tokens, adapter) for i in range(repeats)]
+    return {
+        "runs": runs,
+        "ttft_s_median": statistics.median(r["ttft_s"] for r in runs),
+        "decode_tok_s_median": statistics.median(r["decode_tok_s"] for r in runs),
+        "e2e_tok_s_median": statistics.median(r["tokens"] / r["total_s"] for r in runs),
+        "tokens_median": statistics.median(r["tokens"] for r in runs),
+        "input_tokens_median": statistics.median(r["input_tokens"] for r in runs),
+    }
+
+
+async def concurrent(
+    url: str, prompts: list[str], clients: int, per_client: int, new_tokens: int, adapter: str | None
+) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_connections=clients + 2)) as client:
+
+        async def worker(k: int) -> list[dict]:
+            out = []
+            for j in range(per_client):
+                prompt = prompts[(k * per_client + j) % len(prompts)]
+                out.append(await stream_once(client, url, prompt, new_tokens, adapter))
+            return out
+
+        started = time.perf_counter()
+        results = [r for batch in await asyncio.gather(*(worker(k) for k in range(clients))) for r in batch]
+        wall = time.perf_counter() - started
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": wall,
+        "total_tok_s": tokens / wall,
+        "ttft_s_median": statistics.median(r["ttft_s"] for r in results),
+        "ttft_s_max": max(r["ttft_s"] for r in results),
+        "request_s_median": statistics.median(r["total_s"] for r in results),
+    }
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def metrics_snapshot(url: str) -> dict[str, float]:
+    import httpx
+
+    wanted = ("candor_model_max_batch_rows", "candor_model_decode_steps_total", "candor_model_decode_rows_total")
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[name] = float(value)
+    return out
+
+
+def run_config(url: str, tokenizer: Any, args: argparse.Namespace, adapter: str | None, pid: int | None) -> dict:
+    prompts = build_prompts(tokenizer, max(8 * args.requests_per_client, args.repeats))
+    result: dict[str, Any] = {"adapter": adapter}
+    result["single_stream"] = asyncio.run(single_stream(url, prompts, args.new_tokens, adapter, args.repeats))
+    result["concurrency"] = [
+        asyncio.run(concurrent(url, prompts, c, args.requests_per_client, args.new_tokens, adapter))
+        for c in args.clients
+    ]
+    result["server_metrics"] = metrics_snapshot(url)
+    if pid is not None:
+        result["peak_rss_mb"] = peak_rss_mb(pid)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="Benchmark a running server instead of starting one.")
+    parser.add_argument("--adapter-id", help="With --url: the adapter to select for the adapter runs.")
+    parser.add_argument("--adapter-path", type=Path, help="LoRA adapter to serve (default: a random r=16 one).")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generation.json")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "generation")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fixtures.model import make_tiny_adapter, start_model_server  # the same launcher the tests use
+
+    from candor.service.model_prep import prepare_base_model
+    from candor.settings import load_settings
+
+    settings = load_settings()
+    base_dir = prepare_base_model(settings).resolve()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m_before": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+        },
+        "server": {"threads": args.threads, "dtype": args.dtype, "max_batch_size": settings.max_batch_size},
+        "workload": {
+            "new_tokens": args.new_tokens,
+            "prompt_tokens_target": 400,
+            "greedy": True,
+            "clients": args.clients,
+            "requests_per_client": args.requests_per_client,
+        },
+        "configs": [],
+    }
+    if args.url:
+        report["configs"].append(run_config(args.url, tokenizer, args, None, None))
+        if args.adapter_id:
+            report["configs"].append(run_config(args.url, tokenizer, args, args.adapter_id, None))
+    else:
+        adapter_path = args.adapter_path or make_tiny_adapter(
+            base_dir, args.work_dir / "adapter-r16", rank=16, std=0.02, seed=0
+        )
+        cli = ["--threads", str(args.threads), "--dtype", args.dtype]
+        for adapters, adapter_id in ((None, None), ({"bench": adapter_path}, "bench")):
+            server = start_model_server(base_dir, args.work_dir, adapters=adapters, args=cli)
+            try:
+                report["configs"].append(run_config(server.url, tokenizer, args, adapter_id, server.process.pid))
+            finally:
+                server.stop()
+    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for cfg in report["configs"]:
+        s = cfg["single_stream"]
+        conc = ", ".join(f"{c['clients']}c {c['total_tok_s']:.1f}" for c in cfg["concurrency"])
+        print(
+            f"adapter={cfg['adapter']}: TTFT {s['ttft_s_median']:.2f} s, decode {s['decode_tok_s_median']:.1f} tok/s, "
+            f"e2e {s['e2e_tok_s_median']:.1f} tok/s ({s['tokens_median']} tok, {s['input_tokens_median']} in); "
+            f"total tok/s {conc}; peak RSS {cfg.get('peak_rss_mb')} MB"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

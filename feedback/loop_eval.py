@@ -1,0 +1,182 @@
+"""The ``evaluate`` stage: the candidate adapter against the one serving now, on the same questions.
+
+Two sets, both generated in one process with one base model in memory
+(``candor.finetune.evaluate.LocalGenerator``: the chat template, prompt
+fitting and refusal confidence the service uses):
+
+- the frozen eval set: questions of the training split's validation articles
+  (the articles the fine-tuning builder holds out, so no adapter trained on
+  them) in oracle mode, a fixed sample for ``loop.eval.seed``; any question
+  that was flagged is left out, since the candidate trained on it;
+- the regression set: every screened flag's prompt, rebuilt with its history
+  and logged context, with the behaviour now expected (``pairs.py``).
+
+Decisions are taken as the service takes them: a refusal is the refusal text,
+or a refusal confidence at or above ``settings.refusal_threshold`` when set.
+Writes ``metrics.json`` (for ``dvc metrics`` and the gate), the trade-off
+curves (``dvc plots``), predictions, and a before/after table of the
+regression set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from candor.errors import NotFoundError
+from candor.feedback.loop_params import LoopParams, squad_source
+from candor.prompts import ContextChunk, fit_messages, is_refusal, normalize_text
+
+CANDIDATE = "candidate"
+CURRENT = "current"
+FROZEN_METRICS = (
+    "n",
+    "n_answerable",
+    "n_unanswerable",
+    "hallucination_rate",
+    "over_refusal",
+    "f1",
+    "em",
+    "answered_f1",
+    "f1_rg",
+    "refusal_f1",
+    "refused_rate",
+    "auroc",
+    "curve_area",
+)
+
+
+def _clean(x: Any) -> Any:
+    """JSON without NaN (DVC and strict parsers reject it)."""
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def frozen_items(params: dict[str, Any], lp: LoopParams, exclude: set[str]) -> tuple[list[Any], int]:
+    """(eval items, how many validation questions were left out as flagged)."""
+    from candor.finetune.dataset import split_articles
+    from candor.finetune.evaluate import oracle_items
+    from candor.finetune.params import build_config
+    from candor.finetune.squad import load_squad
+
+    source, split = squad_source(params)
+    corpus = load_squad(source, split)
+    cfg = build_config(params)
+    _, val_articles = split_articles(corpus, cfg.val_articles, cfg.seed)
+    val = corpus.subset(val_articles)
+    before = len(val.questions)
+    val.questions = [q for q in val.questions if normalize_text(q.question) not in exclude]
+    items = oracle_items(val, limit=lp.eval.limit, seed=lp.eval.seed, distractors=lp.eval.distractors)
+    return items, before - len(val.questions)
+
+
+def regression_passes(item: dict[str, Any], text: str, refused: bool, min_f1: float) -> bool:
+    """Refuse items pass on a refusal; answer items on an answer close to the reference (if any)."""
+    if item["expect"] == "refuse":
+        return refused
+    if refused:
+        return False
+    ref = item.get("reference")
+    if not ref:
+        return True
+    from candor.finetune.metrics import token_f1
+
+    a, b = normalize_text(text), normalize_text(ref)
+    return bool(a and b and (f" {b} " in f" {a} " or f" {a} " in f" {b} ")) or token_f1(text, [ref]) >= min_f1
+
+
+def predict_regression(
+    gen: Any, items: Sequence[dict[str, Any]], model: str, max_input_tokens: int, max_new_tokens: int, batch: int
+) -> list[tuple[str, float]]:
+    """(text, refusal confidence) per regression item, with its logged history in the prompt."""
+    from candor.refusal_score import refusal_confidence
+
+    prompts = []
+    for it in items:
+        chunks = [ContextChunk(c["text"], c.get("title")) for c in it["contexts"]]
+        fitted = fit_messages(it["question"], chunks, it.get("history") or [], gen.count_tokens, max_input_tokens)
+        prompts.append(gen.render(fitted.messages))
+    outs = gen.generate(prompts, model, max_new_tokens, batch) if prompts else []
+    return [(text, float(refusal_confidence(alts) or 0.0)) for text, alts, _ in outs]
+
+
+def evaluate(
+    params: dict[str, Any],
+    lp: LoopParams,
+    settings: Any,
+    candidate: Path,
+    baseline: dict[str, Any],
+    regression: Sequence[dict[str, Any]],
+    out_dir: Path,
+    plots_dir: Path,
+) -> dict[str, Any]:
+    """Measure both adapters; returns the metrics dict (also written by the caller)."""
+    from candor.finetune.evaluate import BASE, LocalGenerator, predict, score, write_predictions
+    from candor.finetune.metrics import summarize
+
+    if not (Path(candidate) / "adapter_config.json").exists():
+        raise NotFoundError(f"no candidate adapter at {candidate} (run the train stage)")
+    threshold = settings.refusal_threshold
+    max_in = lp.eval.max_input_tokens or settings.max_input_tokens
+    exclude = {normalize_text(it["question"]) for it in regression}
+    items, excluded = frozen_items(params, lp, exclude)
+
+    gen = LocalGenerator(settings.resolved_base_model_path, dtype=settings.model_dtype, threads=lp.eval.threads)
+    current_path = baseline.get("path")
+    names = {CANDIDATE: CANDIDATE, CURRENT: CURRENT if current_path else BASE}
+    if current_path:
+        gen.add_adapter(CURRENT, current_path)
+    gen.add_adapter(CANDIDATE, str(candidate))
+
+    out_dir = Path(out_dir)
+    frozen: dict[str, Any] = {"n": len(items), "excluded_flagged": excluded, "threshold": threshold}
+    curves: dict[str, list] = {}
+    reg: dict[str, Any] = {"n": len(regression)}
+    table = [
+        {"flag_id": it["flag_id"], "question": it["question"], "expect": it["expect"], "reference": it["reference"]}
+        for it in regression
+    ]
+    for role in (CURRENT, CANDIDATE):
+        model = names[role]
+        preds = predict(gen, items, model, max_in, lp.eval.max_new_tokens, lp.eval.batch_size)
+        write_predictions(out_dir / f"predictions-{role}.jsonl", items, preds)
+        summary = summarize(score(items, preds), threshold, n_boot=0)
+        frozen[role] = {k: summary.get(k) for k in FROZEN_METRICS}
+        curves[role] = [
+            {"model": role, "over_refusal": p["over_refusal"], "hallucination_rate": p["hallucination_rate"]}
+            for p in summary["curve"]
+        ]
+        outs = predict_regression(gen, regression, model, max_in, lp.eval.max_new_tokens, lp.eval.batch_size)
+        passed = 0
+        for row, it, (text, conf) in zip(table, regression, outs, strict=True):
+            refused = is_refusal(text) or (threshold is not None and conf >= threshold)
+            ok = regression_passes(it, text, refused, lp.pairs.regression_min_f1)
+            passed += ok
+            row[role] = {"answer": text, "refused": refused, "refusal_confidence": round(conf, 4), "passed": ok}
+        reg[role] = {
+            "passed": passed,
+            "pass_rate": passed / len(regression) if regression else 0.0,
+            "refused": sum(r[role]["refused"] for r in table),
+        }
+    metrics = _clean(
+        {
+            "baseline": {"version": baseline.get("version"), "path": current_path, "name": baseline.get("name")},
+            "candidate": {"path": str(candidate)},
+            "frozen": frozen,
+            "regression": reg,
+        }
+    )
+    plots = Path(plots_dir)
+    plots.mkdir(parents=True, exist_ok=True)
+    for role, pts in curves.items():
+        (plots / f"tradeoff_{role}.json").write_text(json.dumps(_clean(pts), indent=1) + "\n")
+    (out_dir / "regression_report.json").write_text(json.dumps(_clean(table), indent=2, ensure_ascii=False) + "\n")
+    return metrics

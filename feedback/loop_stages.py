@@ -1,0 +1,199 @@
+"""The retraining pipeline's stages as functions: files in, files out.
+
+``dvc.yaml`` runs each through a thin ``candor loop <stage>`` command; the
+functions here only connect the stage's files (``LoopPaths``) with the room
+modules that do the work, so every stage can be run and tested on its own.
+
+    export (candor retrain, before dvc)  answer log -> inputs/flags.jsonl, inputs/baseline.json
+    export_feedback   screen flags (poisoning defences) -> flags.jsonl, screening.json
+    build_pairs       -> pairs.jsonl, regression.jsonl, pairs_stats.json
+    prepare           base data + pairs -> train.jsonl, mix_stats.json
+    train             warm start from the baseline adapter -> train/
+    evaluate          candidate vs baseline -> metrics.json, plots/, eval/
+    promote           the gate -> decision.json; if it passes: registry register + promote
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from candor.errors import ConflictError, NotFoundError
+from candor.feedback.loop_params import LoopParams, LoopPaths, loop_params
+from candor.feedback.pairs import read_jsonl, write_json, write_jsonl
+from candor.settings import Settings
+
+log = logging.getLogger("candor.feedback.loop")
+
+
+def _read_json(path: Path) -> Any:
+    if not Path(path).exists():
+        raise NotFoundError(f"{path} not found (run the stage that writes it, or `dvc repro`)")
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def paths_for(params: dict[str, Any]) -> tuple[LoopParams, LoopPaths]:
+    lp = loop_params(params)
+    return lp, LoopPaths(Path(lp.workdir))
+
+
+# --- before dvc: the inputs DVC cannot hash itself ---------------------------------------------
+
+
+def export_inputs(settings: Settings, paths: LoopPaths) -> dict[str, Any]:
+    """Approved flags from the answer log, and which adapter they were judged against.
+
+    Both files change only when their content does (the export is byte-stable),
+    so ``dvc repro`` reruns the pipeline only for new flags or a new baseline.
+    """
+    from candor.feedback.adapters import AdapterRegistry, ensure_current
+    from candor.feedback.store import AnswerStore
+
+    registry = AdapterRegistry.for_settings(settings)
+    current = ensure_current(settings, registry)
+    store = AnswerStore(settings)
+    try:
+        n = store.write_export(paths.export)
+    finally:
+        store.close()
+    baseline = {
+        "version": current.version if current else None,
+        "sha256": current.sha256 if current else None,
+        "path": str(current.path.resolve()) if current else None,
+        "name": settings.serving_adapter_name,
+    }
+    write_json(paths.baseline, baseline)
+    return {"flags": n, "baseline": baseline, "export": str(paths.export)}
+
+
+# --- the DVC stages ---------------------------------------------------------------------------
+
+
+def screen(params: dict[str, Any]) -> dict[str, Any]:
+    from candor.feedback.poisoning import read_flags, screen_flags
+
+    lp, paths = paths_for(params)
+    if not paths.export.exists():
+        raise NotFoundError(f"{paths.export} not found: `candor retrain` (or `candor loop export`) writes it first")
+    result = screen_flags(read_flags(paths.export), lp.poisoning, lp.pairs.support_min_recall)
+    write_jsonl(paths.flags, result.kept)
+    report = result.report()
+    write_json(paths.screening, report)
+    return report
+
+
+def build_pairs(params: dict[str, Any]) -> dict[str, Any]:
+    from candor.feedback.pairs import build_pairs as build
+
+    lp, paths = paths_for(params)
+    result = build(read_jsonl(paths.flags), lp.pairs.support_min_recall)
+    write_jsonl(paths.pairs, result.pairs)
+    write_jsonl(paths.regression, result.regression)
+    write_json(paths.pairs_stats, result.stats)
+    return result.stats
+
+
+def prepare(params: dict[str, Any]) -> dict[str, Any]:
+    from candor.feedback.mix import prepare as mix
+
+    lp, paths = paths_for(params)
+    rows, stats = mix(params, read_jsonl(paths.pairs), lp.mix)
+    write_jsonl(paths.train_data, rows)
+    write_json(paths.mix_stats, stats)
+    return stats
+
+
+def train_config(params: dict[str, Any]) -> Any:
+    """The `train` section with the loop's overrides, reading the mixed set and writing train/."""
+    from candor.finetune.params import train_config as ft_config
+
+    lp, paths = paths_for(params)
+    overrides = dict(lp.train)
+    overrides.update(train_file=str(paths.train_data), output_dir=str(paths.train_dir))
+    return ft_config(params, None, **overrides)
+
+
+def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> dict[str, Any]:
+    from candor.feedback.loop_train import train_from
+
+    _, paths = paths_for(params)
+    baseline = _read_json(paths.baseline)
+    init = Path(baseline["path"]) if baseline.get("path") else None
+    return train_from(train_config(params), init, settings, progress=progress)
+
+
+def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    from candor.feedback.loop_eval import evaluate as run
+
+    lp, paths = paths_for(params)
+    metrics = run(
+        params,
+        lp,
+        settings,
+        paths.adapter,
+        _read_json(paths.baseline),
+        read_jsonl(paths.regression),
+        paths.eval_dir,
+        paths.plots,
+    )
+    write_json(paths.metrics, metrics)
+    return metrics
+
+
+def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The gate's decision; a passing candidate is registered (with lineage) and made current."""
+    from candor.feedback.adapters import AdapterRegistry, adapter_version
+    from candor.feedback.gate import decide
+
+    lp, paths = paths_for(params)
+    metrics = _read_json(paths.metrics)
+    baseline = _read_json(paths.baseline)
+    decision = decide(metrics, lp.gate)
+    decision["candidate_version"] = adapter_version(paths.adapter)
+    decision["baseline_version"] = baseline.get("version")
+    decision["promoted"] = False
+    registry = AdapterRegistry.for_settings(settings)
+    known = {v.version for v in registry.list()}
+    current = registry.current()
+    if decision["promote"] and decision["candidate_version"] in known:
+        # DVC reruns this stage on every repro: never re-promote a version someone rolled back
+        if current is not None and current.version == decision["candidate_version"]:
+            decision["promoted"] = True
+            decision["registry_path"] = str(current.path)
+            decision["reasons"].append("already current")
+        else:
+            decision["promote"] = False
+            decision["verdict"] = "reject"
+            decision["reasons"] = [
+                f"version {decision['candidate_version']} was registered before and is not current (rolled back?): "
+                "not promoting it again automatically; `candor adapters promote` does it by hand"
+            ]
+        write_json(paths.decision, decision)
+        return decision
+    if decision["promote"]:
+        stats = _read_json(paths.pairs_stats)
+        info = {
+            "train": _read_json(paths.train_dir / "train_summary.json"),
+            "data": _read_json(paths.mix_stats),
+            "decision": {c["name"]: c["ok"] for c in decision["checks"]},
+            "metrics": {"frozen": metrics["frozen"]["candidate"], "regression": metrics["regression"]["candidate"]},
+            "flags_seen": sorted(r["flag_id"] for r in read_jsonl(paths.export)),
+        }
+        version = registry.register(
+            paths.adapter, source="loop", parent=baseline.get("version"), flag_ids=stats["flag_ids"], info=info
+        )
+        try:
+            registry.promote(
+                version.version, note="retraining loop: gate passed", expect_current=baseline.get("version")
+            )
+        except ConflictError as exc:
+            decision["promote"] = False
+            decision["verdict"] = "reject"
+            decision["reasons"] = [f"not promoted: {exc}"]
+        else:
+            decision["promoted"] = True
+            decision["registry_path"] = str(version.path)
+    write_json(paths.decision, decision)
+    return decision

@@ -1,0 +1,187 @@
+"""`candor retrain`: export → `dvc repro` → promote (the pipeline's last stage) → hot swap.
+
+One command for a cron job or a systemd timer (docs/retraining.md). A lock
+file beside the adapter registry makes overlapping runs impossible: a second
+run fails at once with the holder's pid instead of waiting (a timer that fires
+again while a long run trains must not queue up runs). Steps:
+
+1. health of the serving version (``monitor.py``): a rise in its flag or
+   refusal rate recommends a rollback loudly, or does it (``auto_rollback``);
+2. export the approved flags and the baseline adapter into the workspace;
+   nothing new since the current adapter was trained → stop (no drift from
+   retraining on the same flags every night);
+3. ``dvc repro build_pairs``: if no flag gives a training pair → stop;
+4. ``dvc repro``: prepare, train, evaluate, and the gate (``promote`` stage);
+5. promoted → hot swap on the model server, verified before it is recorded.
+
+DVC runs the stage commands in the workspace with the resolved settings passed
+down as CANDOR_* variables (paths absolute), so a workspace elsewhere (the
+small profile, CI) still uses this data directory, registry and model.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from candor.errors import CandorError, ConflictError
+from candor.feedback.loop_params import LoopPaths, loop_params, read_params
+from candor.settings import Settings
+
+log = logging.getLogger("candor.feedback.retrain")
+
+
+class PipelineFailed(CandorError):
+    exit_code = 5
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock; a held lock raises ConflictError naming the holder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise ConflictError(f"another retraining run holds {path} (pid {holder}); not starting a second") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """CANDOR_* variables reproducing ``settings`` in a child process started elsewhere."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = value.resolve()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"CANDOR_{name.upper()}"] = str(value)
+    if settings.database_url is None:
+        env["CANDOR_DATABASE_URL"] = settings.resolved_database_url
+    return env
+
+
+def run_dvc(args: list[str], workspace: Path, settings: Settings) -> None:
+    env = {**os.environ, **settings_env(settings)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `candor` of this install
+    env.pop("HF_HUB_OFFLINE", None)
+    cmd = [sys.executable, "-m", "dvc", *args]
+    log.info("running %s in %s", " ".join(cmd[2:]), workspace)
+    code = subprocess.call(cmd, cwd=workspace, env=env)
+    if code != 0:
+        raise PipelineFailed(f"`dvc {' '.join(args)}` failed with exit code {code} in {workspace} (see its output)")
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _export_ids(path: Path) -> set[str]:
+    with path.open(encoding="utf-8") as fh:
+        return {json.loads(line)["flag_id"] for line in fh if line.strip()}
+
+
+def retrain(
+    settings: Settings,
+    workspace: Path = Path("."),
+    swap: bool = True,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the loop once; returns a summary (status, decision, serving record)."""
+    from candor.feedback.adapters import AdapterRegistry
+    from candor.feedback.hot_swap import hot_swap
+    from candor.feedback.loop_stages import export_inputs
+    from candor.feedback.monitor import check_health
+
+    workspace = Path(workspace).resolve()
+    params = read_params(workspace / "params.yaml")
+    lp = loop_params(params)
+    paths = LoopPaths(workspace / lp.workdir)
+    registry = AdapterRegistry.for_settings(settings)
+    summary: dict[str, Any] = {"workspace": str(workspace)}
+    with run_lock(registry.root / ".retrain.lock"):
+        health = check_health(settings, lp.monitor)
+        summary["health"] = {k: health.get(k) for k in ("status", "reasons", "current", "previous")}
+        if health["recommend_rollback"]:
+            echo("!" * 78)
+            echo("ROLLBACK RECOMMENDED: the serving adapter does worse with users than the one before it:")
+            for reason in health["reasons"]:
+                echo(f"  - {reason}")
+            if lp.monitor.auto_rollback:
+                restored, _ = registry.rollback(note="auto rollback: " + "; ".join(health["reasons"]))
+                echo(f"rolled back to {restored.version} (loop.monitor.auto_rollback)")
+                if swap:
+                    summary["serving"] = hot_swap(settings, registry, restored.version)
+                summary["status"] = "rolled_back"
+                echo("!" * 78)
+                return summary
+            echo("  run `candor adapters rollback` (or set loop.monitor.auto_rollback: true)")
+            echo("!" * 78)
+
+        exported = export_inputs(settings, paths)
+        summary["exported_flags"] = exported["flags"]
+        echo(f"exported {exported['flags']} approved flag(s) to {paths.export}")
+        if exported["flags"] == 0:
+            summary["status"] = "no_flags"
+            return summary
+        current = registry.current()
+        if current is not None and not force:
+            seen = set(current.flag_ids) | set(current.info.get("flags_seen") or [])
+            new = _export_ids(paths.export) - seen
+            if not new:
+                echo(f"no flags since adapter {current.version} was trained: nothing to do (--force to retrain)")
+                summary["status"] = "no_new_flags"
+                return summary
+
+        run_dvc(["repro", "build_pairs"], workspace, settings)
+        stats = _read(paths.pairs_stats)
+        summary["pairs"] = stats["pairs"]
+        if stats["pairs"] == 0:
+            echo("no flag gives a training pair (see pairs_stats.json): nothing to train")
+            summary["status"] = "no_pairs"
+            return summary
+        run_dvc(["repro", *(["--force"] if force else [])], workspace, settings)
+        decision = _read(paths.decision)
+        summary["decision"] = {k: decision.get(k) for k in ("verdict", "reasons", "candidate_version", "promoted")}
+        summary["decision_file"] = str(paths.decision)
+        echo(f"gate: {decision['verdict']} ({paths.decision})")
+        for reason in decision["reasons"]:
+            echo(f"  - {reason}")
+        if not decision.get("promoted"):
+            summary["status"] = "rejected"
+            return summary
+        if swap:
+            try:
+                record = hot_swap(settings, registry, decision["candidate_version"])
+            except CandorError:
+                echo(
+                    f"promoted {decision['candidate_version']} but the hot swap failed: it is current, not serving; "
+                    "retry with `candor adapters swap`"
+                )
+                raise
+            summary["serving"] = record
+            echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
+        summary["status"] = "promoted"
+        return summary

@@ -1,0 +1,184 @@
+"""Ship an adapter: copy the PEFT files into ``models/<name>/`` and write its model card.
+
+The card is generated from the run's own files (train_summary.json, the
+dataset's stats.json, the evaluation JSON), so its numbers are the measured
+ones and cannot drift from them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from candor.errors import InvalidInputError, NotFoundError
+from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MAX_ADAPTER_BYTES = 25 * 1024 * 1024
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _metrics_table(ev: dict, model_names: list[str]) -> list[str]:
+    rows = [
+        ("hallucination rate", "hallucination_rate"),
+        ("over-refusal", "over_refusal"),
+        ("answered-F1", "answered_f1"),
+        ("EM / F1 (answerable)", None),
+        ("refusal P / R / F1", None),
+        ("F1_RG", "f1_rg"),
+        ("refusal-confidence AUROC", "auroc"),
+    ]
+    present = [n for n in model_names if n in ev.get("models", {})]
+    out = ["| metric | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for label, key in rows:
+        cells = []
+        for n in present:
+            r = ev["models"][n]
+            m = r.get("at_threshold") or r["model_only"]
+            if key == "auroc":
+                cells.append(f"{m['auroc']:.3f}")
+            elif key:
+                cells.append(_pct(m[key]))
+            elif label.startswith("EM"):
+                cells.append(f"{_pct(m['em'])} / {_pct(m['f1'])}")
+            else:
+                cells.append(f"{_pct(m['refusal_precision'])} / {_pct(m['refusal_recall'])} / {_pct(m['refusal_f1'])}")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    thr = [ev["models"][n].get("threshold") for n in present]
+    out.append(
+        "| threshold (chosen on validation) | " + " | ".join("–" if t is None else f"{t:.4f}" for t in thr) + " |"
+    )
+    return out
+
+
+def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eval_models: list[str]) -> str:
+    cfg = summary.get("config", {})
+    nf4 = summary.get("precision") == "nf4"
+    method = "QLoRA (4-bit nf4 base, bf16 compute, double quant)" if nf4 else "LoRA on the bf16 base"
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {cfg.get('base_model_id', 'HuggingFaceTB/SmolLM2-135M-Instruct')}",
+        "license: apache-2.0",
+        "datasets: [rajpurkar/squad_v2]",
+        "tags: [lora, qlora, refusal, rag, candor]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        "A LoRA adapter for SmolLM2-135M-Instruct that answers briefly from the numbered context passages of "
+        f"Candor's prompt (`{PROMPT_VERSION}`, `candor/prompts.py`) and replies exactly "
+        f'"{REFUSAL_SENTENCE}" when they do not hold the answer.',
+        "",
+        "## Use",
+        "",
+        "- Embedded server: `candor model-server --adapter refusal=models/" + name + "` "
+        "(or `CANDOR_ADAPTER_PATH=models/" + name + "`).",
+        "- TGI: `LORA_ADAPTERS=refusal=/adapters/" + name + "`; request with `adapter_id: refusal`.",
+        "- vLLM: `--enable-lora --lora-modules refusal=/adapters/" + name + "`.",
+        "- Serve it with `top_n_tokens` ≥ 5 and set `CANDOR_REFUSAL_THRESHOLD` to the threshold below: the "
+        "service refuses when `candor.refusal_score.refusal_confidence` reaches it.",
+        "",
+        "## Training",
+        "",
+        f"- Method: {method}; "
+        f"r={cfg.get('lora_r')}, alpha={cfg.get('lora_alpha')}, dropout={cfg.get('lora_dropout')}, "
+        f"target modules `{cfg.get('target_modules')}`"
+        + (f" in the top {cfg.get('lora_layers')} layers" if cfg.get("lora_layers") else "")
+        + f"; {summary.get('trainable_params', 0):,} trainable parameters.",
+        f"- Loss: cross-entropy on assistant tokens (first answer token weighted {cfg.get('first_token_weight')})"
+        + (
+            f" + {cfg.get('distill_lambda')}·KL(teacher‖student) at τ={cfg.get('distill_tau')} on "
+            f"{cfg.get('kl_tokens')} examples' tokens, teacher = {cfg.get('teacher')}"
+            if cfg.get("distill_lambda")
+            else " (plain SFT, λ=0)"
+        )
+        + ".",
+        f"- Optimiser: AdamW, lr {cfg.get('learning_rate')} {cfg.get('lr_scheduler_type')}, warm-up "
+        f"{cfg.get('warmup_steps')} steps, batch {cfg.get('per_device_train_batch_size')} × "
+        f"{cfg.get('gradient_accumulation_steps')} accumulation, max length {cfg.get('max_length')}, "
+        f"seed {cfg.get('seed')}.",
+        f"- Ran {summary.get('steps')} steps ({summary.get('examples_seen')} examples, "
+        f"{summary.get('epochs', 0):.2f} epochs, {summary.get('tokens'):,} tokens) in "
+        f"{summary.get('train_time_s', 0) / 60:.1f} min on a shared 2-core CPU ({summary.get('torch_threads')} "
+        f"torch thread): {summary.get('tokens_per_s')} tokens/s, "
+        f"peak RSS {summary.get('peak_rss_mb', 0) / 1024:.1f} GB; "
+        f"stopped by {summary.get('stop_reason')}.",
+    ]
+    if stats:
+        counts = stats.get("train", {}).get("counts", {})
+        lines += [
+            "",
+            "## Data",
+            "",
+            "SQuAD 2.0 (CC BY-SA 4.0; the SQuAD authors and Wikipedia contributors), the project's article "
+            f"split: train articles only ({len(stats.get('train_articles', []))}), with "
+            f"{len(stats.get('val_articles', []))} more train articles held out to choose the refusal threshold "
+            f"({', '.join(stats.get('val_articles', []))}). Never the dev articles.",
+            "",
+            "| category | examples |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in sorted(counts.items())],
+        ]
+    if ev:
+        cfg_e = ev.get("config", {})
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            f"{cfg_e.get('mode', 'oracle')} mode on SQuAD 2.0 {cfg_e.get('split', 'dev')} ({cfg_e.get('questions')} "
+            "questions; the question's own paragraph as context; greedy, 32 new tokens, bf16), each model at the "
+            "refusal threshold chosen on the validation articles (minimax of hallucination and over-refusal). "
+            "Full tables with bootstrap 95% intervals and the trade-off curve: `reports/`.",
+            "",
+            *_metrics_table(ev, eval_models),
+        ]
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "A 135M model trained for under an hour on a CPU: it learned the format and to refuse, but separates "
+        "answerable from unanswerable questions only partly (see AUROC). SQuAD 2.0's unanswerable questions are "
+        "written to look answerable. Use it with Candor's retrieval gate and grounding check, not alone. "
+        "English Wikipedia-style text only.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ship_adapter(
+    run_dir: Path,
+    dest: Path,
+    stats_path: Path | None = None,
+    eval_path: Path | None = None,
+    eval_models: list[str] | None = None,
+) -> Path:
+    """Copy ``run_dir/adapter`` to ``dest`` (atomically) and write ``dest/README.md``."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    src = run_dir / "adapter"
+    for f in ADAPTER_FILES:
+        if not (src / f).exists():
+            raise NotFoundError(f"{src / f} missing: train the adapter first")
+    size = (src / "adapter_model.safetensors").stat().st_size
+    if size > MAX_ADAPTER_BYTES:
+        raise InvalidInputError(f"adapter is {size / 1e6:.1f} MB; the shipped one must stay under 25 MB")
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    stats = json.loads(stats_path.read_text()) if stats_path and stats_path.exists() else None
+    ev = json.loads(eval_path.read_text()) if eval_path and eval_path.exists() else None
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in ADAPTER_FILES:
+        shutil.copy2(src / f, tmp / f)
+    (tmp / "README.md").write_text(
+        card_text(dest.name, summary, stats, ev, eval_models or ["base", dest.name]), encoding="utf-8"
+    )
+    (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

@@ -1,0 +1,222 @@
+"""`candor eval --mode rag`: every question through the service's answer core.
+
+What is measured is what is served: a collection holding the train and dev
+paragraphs (other articles act as distractors), the service's retriever, its
+prompt fitting, a real TGI-protocol model server over HTTP (the embedded one,
+started here with the adapters under test unless ``llm_url`` is given), its
+refusal policy (retrieval gate, model refusal, grounding check), its answer
+log. Results are split by whether retrieval found the gold paragraph: after a
+retrieval miss, refusing is the right behaviour even for an answerable question.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from candor.errors import UnavailableError
+from candor.finetune.evaluate import BASE, parse_models, sample_questions
+from candor.finetune.metrics import Scored, decision_metrics, exact_match, summarize, token_f1
+from candor.finetune.report import write_report
+from candor.finetune.squad import Corpus, load_squad
+
+log = logging.getLogger("candor.finetune.rag")
+
+
+def ensure_collection(settings, collection: str, corpora: list[Corpus]) -> dict:
+    """Ingest every paragraph (idempotent: unchanged documents are skipped by the pipeline)."""
+    from candor.ingest.pipeline import ingest_documents
+
+    docs = [
+        {"id": p.doc_id, "text": p.text, "title": p.title}
+        for c in corpora
+        for p in sorted(c.paragraphs.values(), key=lambda p: p.doc_id)
+    ]
+    report = ingest_documents(settings, collection, docs)
+    return report.to_dict()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def model_server(settings, adapters: dict[str, str], log_path: Path, threads: int = 1, timeout_s: float = 600):
+    """Start `candor model-server` with the adapters; yield its URL; stop it."""
+    import httpx
+
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "candor.cli.main",
+        "model-server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+    ]
+    for name, path in adapters.items():
+        cmd += ["--adapter", f"{name}={path}"]
+    env = dict(
+        os.environ,
+        CANDOR_DATA_DIR=str(settings.data_dir),
+        CANDOR_BASE_MODEL_PATH=str(settings.resolved_base_model_path),
+    )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise UnavailableError(f"model server exited with {proc.returncode}; see {log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                time.sleep(1)
+            else:
+                raise UnavailableError(f"model server not ready after {timeout_s:.0f} s; see {log_path}")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _answer_all(engine, retriever, questions, collection: str, k: int, concurrency: int, bar) -> list:
+    import anyio
+
+    from candor.service.answering import AnswerRequest
+
+    results: list = [None] * len(questions)
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(i: int) -> None:
+        q = questions[i]
+        async with limiter:
+            res = await engine.answer(AnswerRequest(question=q.question, collection=collection, top_k=k))
+            hits = await anyio.to_thread.run_sync(retriever.retrieve, q.question, collection, k)
+        results[i] = (res, [h.doc_id for h in hits], [float(h.score) for h in hits])
+        bar.update(1)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(questions)):
+            tg.start_soon(one, i)
+    return results
+
+
+def run_rag_eval(
+    settings, ev: dict, models: dict[str, str], *, source, split, limit, collection, out: Path, progress: bool = True
+) -> dict:
+    import anyio
+    from tqdm import tqdm
+
+    from candor.feedback.store import AnswerStore
+    from candor.ingest.retriever import Retriever
+    from candor.service.answering import AnswerEngine
+    from candor.service.chat_template import PromptRenderer
+    from candor.service.llm_client import LLMClient
+
+    models = parse_models(models)
+    rag = ev.get("rag", {}) or {}
+    src = Path(source or ev.get("source", "../shared/data/squad2"))
+    split = split or ev.get("split", "dev")
+    collection = collection or rag.get("collection", "squad-eval")
+    k = int(rag.get("top_k", settings.top_k))
+    corpus = load_squad(src, split)
+    others = [load_squad(src, s) for s in rag.get("also_ingest", ["train"]) if s != split]
+    questions = sample_questions(corpus.questions, limit, int(ev.get("seed", 13)))
+    # the eval's own answer log and no service-side threshold: the threshold is applied in the metrics
+    s = settings.model_copy(
+        update={
+            "database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}",
+            "refusal_threshold": None,
+        }
+    )
+    t0 = time.monotonic()
+    ingest = ensure_collection(s, collection, [corpus, *others])
+    thresholds = rag.get("thresholds", {}) or {}
+    adapters = {n: p for n, p in models.items() if p != BASE}
+    results: dict[str, dict] = {}
+    url = rag.get("llm_url")
+    ctx = (
+        contextlib.nullcontext(url)
+        if url
+        else model_server(
+            s, adapters, out.parent / (out.stem + "-server.log"), threads=int(rag.get("server_threads", 1))
+        )
+    )
+    with ctx as server_url:
+        retriever = Retriever(s)
+        store = AnswerStore(s)
+        store.migrate()
+        for name in models:
+            ms = s.model_copy(update={"llm_url": server_url, "llm_adapter": None if name == BASE else name})
+            engine = AnswerEngine(ms, retriever, LLMClient(ms), PromptRenderer(ms.resolved_tokenizer_path), store)
+            with tqdm(total=len(questions), desc=f"{name} rag", disable=not progress) as bar:
+                answers = anyio.run(
+                    _answer_all, engine, retriever, questions, collection, k, int(rag.get("concurrency", 4)), bar
+                )
+            scored, layers = [], {}
+            for q, (res, doc_ids, _scores) in zip(questions, answers, strict=True):
+                gold = q.doc_id in doc_ids
+                should_refuse = q.is_impossible or not gold
+                em = f1 = 0.0
+                if not q.is_impossible and not res.refused:
+                    em, f1 = exact_match(res.answer, q.answers), token_f1(res.answer, q.answers)
+                conf = 1.0 if res.refusal_confidence is None else float(res.refusal_confidence)
+                cat = ("unanswerable" if q.is_impossible else "answerable") + ("" if gold else "_retrieval_miss")
+                scored.append(Scored(should_refuse, res.refused, conf, em, f1, cat))
+                layers[res.refusal_layer or "answered"] = layers.get(res.refusal_layer or "answered", 0) + 1
+            threshold = thresholds.get(name)
+            by_retrieval = {}
+            for label, keep in (("gold retrieved", True), ("gold missed", False)):
+                xs = [x for x, q, a in zip(scored, questions, answers, strict=True) if (q.doc_id in a[1]) == keep]
+                if xs:
+                    by_retrieval[label] = decision_metrics(xs, threshold)
+            results[name] = {
+                "model": models[name],
+                "threshold": threshold,
+                "model_only": summarize(scored, None, n_boot=int(ev.get("bootstrap", 1000))),
+                "at_threshold": summarize(scored, threshold, n_boot=int(ev.get("bootstrap", 1000)))
+                if threshold is not None
+                else None,
+                "by_retrieval": by_retrieval,
+                "refusal_layers": layers,
+                "gold_retrieval_rate": sum(q.doc_id in a[1] for q, a in zip(questions, answers, strict=True))
+                / max(1, len(questions)),
+            }
+    run = {
+        "config": {
+            "mode": "rag",
+            "source": str(src),
+            "split": split,
+            "questions": len(questions),
+            "limit": limit,
+            "collection": collection,
+            "top_k": k,
+            "ingest": {key: ingest.get(key) for key in ("new", "changed", "unchanged", "chunks_added", "seconds")},
+            "should_refuse": "unanswerable, or answerable whose gold paragraph retrieval missed",
+            "min_retrieval_score": s.min_retrieval_score,
+            "grounding_enforce": s.grounding_enforce,
+            "seconds": round(time.monotonic() - t0, 1),
+            "models": models,
+        },
+        "models": results,
+    }
+    write_report(run, out, out.with_suffix(".md"), title=f"Candor evaluation: end-to-end RAG, {split}")
+    return run

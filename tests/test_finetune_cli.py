@@ -1,0 +1,132 @@
+"""`candor finetune build-data` and `candor eval` end to end on a tiny set, with the real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fixtures.finetune as ft_fixtures
+import pytest
+import yaml
+from fixtures.finetune import write_tiny_squad
+
+from candor.cli.main import main
+
+ft_base_model = ft_fixtures.ft_base_model  # the room's fixtures, until conftest registers them
+
+pytestmark = pytest.mark.slow
+
+
+def _params(tmp_path: Path, base: Path, data_src: Path, cal_dir: Path) -> Path:
+    params = {
+        "build_data": {
+            "source": str(data_src),
+            "split": "train",
+            "out_dir": str(cal_dir),
+            "seed": 1,
+            "val_articles": 2,
+            "size": 40,
+            "val_size": 10,
+        },
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "train_file": str(cal_dir / "train.jsonl"),
+            "base_model_path": str(base),
+            "quantization": "none",
+            "max_steps": 1,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "max_length": 400,
+            "torch_threads": 1,
+        },
+        "eval": {
+            "mode": "oracle",
+            "source": str(data_src),
+            "split": "dev",
+            "limit": 6,
+            "seed": 1,
+            "calibration_source": str(cal_dir),
+            "calibration_split": "val",
+            "calibration_limit": 4,
+            "extra_categories": ["no_context"],
+            "extra_limit": 2,
+            "batch_size": 8,
+            "max_new_tokens": 8,
+            "bootstrap": 50,
+            "probe": False,
+            "base_model_path": str(base),
+            "models": {"base": "base"},
+        },
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_build_train_eval_end_to_end(ft_base_model: Path, settings, tmp_path: Path, capsys) -> None:
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=6)
+    write_tiny_squad(src, "dev", n_articles=3)
+    cal = tmp_path / "data"
+    params = _params(tmp_path, ft_base_model, src, cal)
+
+    assert main(["finetune", "build-data", "--params", str(params)]) == 0
+    assert (cal / "train.jsonl").exists() and (cal / "val.questions.jsonl").exists()
+    assert main(["finetune", "train", "--params", str(params), "--no-progress"]) == 0
+    adapter = tmp_path / "run" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+
+    out = tmp_path / "report" / "eval.json"
+    code = main(
+        ["eval", "--params", str(params), "-m", "base", "-m", f"tiny={adapter}", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert set(res["models"]) == {"base", "tiny"}
+    for m in res["models"].values():
+        only = m["model_only"]
+        assert only["n"] == 6 and only["n_answerable"] + only["n_unanswerable"] == 6
+        assert 0.0 <= only["hallucination_rate"] <= 1.0 and 0.0 <= only["over_refusal"] <= 1.0
+        assert only["curve"][-1]["over_refusal"] == 1.0  # the curve ends at "refuse everything"
+        assert m["calibration"]["n"] == 4 and "threshold" in m
+        assert m["extra_categories"]["no_context"]["n"] == 2
+    preds = (out.parent / "eval-predictions" / "predictions-tiny.jsonl").read_text().splitlines()
+    assert len(preds) == 8 and all("first_token_top" in json.loads(p) for p in preds)
+    md = out.with_suffix(".md").read_text()
+    assert "| hallucination rate |" in md and "tiny" in md
+    assert "hallucination" in capsys.readouterr().out
+
+    shipped = tmp_path / "models" / "tiny"
+    code = main(
+        [
+            "finetune",
+            "ship",
+            str(tmp_path / "run"),
+            "--dest",
+            str(shipped),
+            "--stats",
+            str(cal / "stats.json"),
+            "--eval",
+            str(out),
+            "--eval-model",
+            "base",
+            "--eval-model",
+            "tiny",
+        ]
+    )
+    assert code == 0
+    assert (shipped / "adapter_model.safetensors").stat().st_size < 25 * 1024 * 1024
+    card = (shipped / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "| hallucination rate |" in card
+
+
+def test_eval_bad_input_is_a_clear_error(settings, tmp_path: Path, capsys) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("eval:\n  models: {base: base}\n")
+    assert main(["eval", "--params", str(params), "-m", f"x={tmp_path / 'nope'}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no adapter_config.json" in err and "Traceback" not in err
+    params.write_text("train:\n  lerning_rate: 1\n")
+    assert main(["finetune", "train", "--params", str(params)]) == 2
+    assert "unknown keys" in capsys.readouterr().err
