@@ -122,9 +122,17 @@ def auroc(items: Sequence[Scored]) -> float:
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def tradeoff_curve(items: Sequence[Scored]) -> list[dict[str, float]]:
-    """(threshold, over_refusal, hallucination) as the threshold falls from 'model only' to 'refuse all'."""
-    thresholds = [None, *sorted({x.confidence for x in items}, reverse=True)]
+def tradeoff_curve(items: Sequence[Scored], max_points: int = 400) -> list[dict[str, float]]:
+    """(threshold, over_refusal, hallucination) as the threshold falls from 'model only' to 'refuse all'.
+
+    At most ``max_points`` thresholds (evenly spaced in rank over the distinct confidences, always
+    including the lowest, which refuses everything).
+    """
+    values = sorted({x.confidence for x in items}, reverse=True)
+    if len(values) > max_points:
+        step = len(values) / max_points
+        values = [values[int(i * step)] for i in range(max_points)] + [values[-1]]
+    thresholds = [None, *values]
     points = []
     for t in thresholds:
         m = decision_metrics(items, t)

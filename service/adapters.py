@@ -164,17 +164,24 @@ def inspect_adapter(spec: AdapterSpec, base_path: Path, base_model_id: str, allo
 def build_merged_model(base_model: Any, adapter_path: Path, dtype: Any) -> Any:
     """A copy of ``base_model`` with the LoRA adapter merged into its weights.
 
-    The merge is done in float32 and rounded once to ``dtype``.
+    PEFT keeps the LoRA weights in float32 (``autocast_adapter_dtype``) and adds
+    the float32 delta into each weight in place, which rounds once to the
+    weight's dtype: the same numbers as merging into a float32 copy, without
+    holding one (that doubled the server's peak memory).
     """
     import copy
 
     import torch
     from peft import PeftModel
 
-    work = copy.deepcopy(base_model).to(torch.float32)
+    work = copy.deepcopy(base_model)
     try:
-        peft_model = PeftModel.from_pretrained(work, str(adapter_path), is_trainable=False)
-        merged = peft_model.merge_and_unload(safe_merge=True)
-    except Exception as exc:  # shape mismatch, unknown target modules, NaNs
+        peft_model = PeftModel.from_pretrained(work, str(adapter_path), is_trainable=False, autocast_adapter_dtype=True)
+        # safe_merge would round the delta to bf16 before adding it (two roundings); check finiteness here.
+        merged = peft_model.merge_and_unload(safe_merge=False)
+    except Exception as exc:  # shape mismatch, unknown target modules
         raise AdapterError(f"adapter {adapter_path} cannot be applied to the base model: {exc}") from exc
+    bad = [name for name, p in merged.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise AdapterError(f"adapter {adapter_path} makes weights NaN/inf once merged (e.g. {bad[0]})")
     return merged.to(dtype).eval()
