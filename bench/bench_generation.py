@@ -1,6 +1,6 @@
 """Generation speed of the embedded TGI-compatible server, over real HTTP.
 
-    nice -n 10 python bench/bench_generation.py [--threads 2] [--url URL] [--out bench/results/generation.json]
+    nice -n 10 python bench/bench_generation.py [--threads 2] [--url URL] [--out PATH]
 
 Per configuration (base model; a LoRA adapter chosen by adapter_id):
 - single stream: greedy, 128 new tokens, a ~400-token RAG-style prompt, streamed:
@@ -192,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
     parser.add_argument("--requests-per-client", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generation.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/generation-threads<N>.json")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "generation")
     args = parser.parse_args(argv)
+    args.out = args.out or REPO / "bench" / "results" / f"generation-threads{args.threads}.json"
 
     sys.path.insert(0, str(REPO / "tests"))
     from fixtures.model import make_tiny_adapter, start_model_server  # the same launcher the tests use

@@ -34,7 +34,7 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user-facing errors become a message and a non-zero exit, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except SystemExit as exc:  # typer/click exits
         return int(exc.code or 0)
     except SettingsError as exc:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo("aborted", err=True)
             return 1
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def _print_json(obj: Any) -> None:
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "httpx", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _params(path: Path) -> dict[str, Any]:

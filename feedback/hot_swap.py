@@ -3,15 +3,17 @@
 The service always asks for one stable adapter id (``settings.serving_adapter_name``,
 the API's ``CANDOR_LLM_ADAPTER``); versions live behind it. So a swap is:
 
-1. ``POST /adapters {name, path}``: the embedded server loads the version's
-   folder under the stable name (requests already running keep the old weights);
-2. verify: ``GET /adapters`` must list the name with exactly this version hash
-   (server and registry hash the same way), and a one-token generation with
-   that ``adapter_id`` must succeed. Real TGI silently serves the base model
-   for an unknown id, so nothing is taken on trust;
+1. stage: ``POST /adapters {name: "<name>-candidate", path}`` loads the
+   version's folder under a side name, and is verified there: ``GET /adapters``
+   must list it with exactly this version hash (server and registry hash the
+   same way) and a one-token generation with that ``adapter_id`` must succeed
+   (real TGI silently serves the base model for an unknown id, so nothing is
+   taken on trust). A broken adapter fails here, before any user sees it;
+2. switch: the same folder is loaded under the stable name (requests already
+   running keep the old weights) and verified the same way; if that check
+   fails the previous version is loaded back and the swap raises;
 3. only then ``registry.mark_serving``: what the answer log and ``candor
-   adapters list`` call "serving". If verification fails the previous
-   version is loaded back and the swap raises.
+   adapters list`` call "serving". The side name is removed.
 
 Real TGI has no ``/adapters`` route (it loads ``LORA_ADAPTERS`` at start):
 the swap then says to restart it with ``LORA_ADAPTERS=<name>=DATA_DIR/adapters/current``
@@ -74,6 +76,9 @@ class ModelServerAdmin:
     def load(self, name: str, path: str) -> dict[str, Any]:
         return self._call("POST", "/adapters", json={"name": name, "path": path})
 
+    def remove(self, name: str) -> None:
+        self._call("DELETE", f"/adapters/{name}")
+
     def probe(self, name: str) -> str:
         body = self._call(
             "POST",
@@ -113,8 +118,18 @@ def hot_swap(settings: Settings, registry: AdapterRegistry, ref: str | None = No
             name,
         )
     admin = ModelServerAdmin(settings.llm_url, settings.model_server_admin_token)
+    path = str(version.path.resolve())
     before = _entry(admin.adapters(), name)
-    admin.load(name, str(version.path.resolve()))
+    staging = f"{name}-candidate"[:64]
+    admin.load(staging, path)
+    try:
+        verify_serving(admin, staging, version)
+    finally:
+        try:
+            admin.remove(staging)
+        except CandorError as exc:  # a leftover side name costs memory, not correctness
+            log.warning("could not remove the staging adapter %r: %s", staging, exc)
+    admin.load(name, path)
     try:
         entry = verify_serving(admin, name, version)
     except CandorError:

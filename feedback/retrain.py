@@ -114,6 +114,7 @@ def retrain(
     from candor.feedback.hot_swap import hot_swap
     from candor.feedback.loop_stages import export_inputs
     from candor.feedback.monitor import check_health
+    from candor.feedback.pairs import write_json
 
     workspace = Path(workspace).resolve()
     params = read_params(workspace / "params.yaml")
@@ -123,6 +124,7 @@ def retrain(
     summary: dict[str, Any] = {"workspace": str(workspace)}
     with run_lock(registry.root / ".retrain.lock"):
         health = check_health(settings, lp.monitor)
+        write_json(paths.root / "adapter_health.json", health)  # `dvc metrics show` lists it
         summary["health"] = {k: health.get(k) for k in ("status", "reasons", "current", "previous")}
         if health["recommend_rollback"]:
             echo("!" * 78)

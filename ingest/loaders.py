@@ -27,6 +27,11 @@ PDF_SUFFIXES = {".pdf"}
 JSONL_SUFFIXES = {".jsonl"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | JSONL_SUFFIXES
 MAX_FILE_BYTES = 200 * 1024 * 1024
+_HTML_BLOCKS = [
+    "p", "div", "section", "article", "main", "header", "footer", "nav", "aside", "h1", "h2", "h3", "h4",
+    "h5", "h6", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "pre", "blockquote", "hr", "figure",
+    "figcaption", "address", "details", "summary", "form", "fieldset",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -198,8 +203,14 @@ def _html_text(data: bytes) -> tuple[str | None, str]:
     title = soup.title.get_text(" ", strip=True) if soup.title else None
     for tag in soup(["script", "style", "noscript", "template", "head", "svg", "iframe"]):
         tag.decompose()
-    lines = (line.strip() for line in soup.get_text("\n").splitlines())
-    return title, "\n".join(line for line in lines if line)
+    # Block elements end a paragraph; inline ones (a, code, em...) stay inside their sentence.
+    for tag in soup.find_all(_HTML_BLOCKS):
+        tag.insert_before("\n\n")
+        tag.insert_after("\n\n")
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    paragraphs = (" ".join(p.split()) for p in soup.get_text().split("\n\n"))
+    return title, "\n\n".join(p for p in paragraphs if p)
 
 
 def _pdf_text(data: bytes) -> tuple[str | None, str]:

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-COLLECTION_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,61}[a-zA-Z0-9]$"
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{1,61}[A-Za-z0-9]$"  # ingest reserves dots
 
 
 class Turn(BaseModel):

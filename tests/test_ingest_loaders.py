@@ -20,9 +20,11 @@ def _by_id(result):
 
 def test_formats_give_text_titles_and_relative_ids(corpus: Path) -> None:
     (corpus / "report.pdf").write_bytes(make_pdf("Quarterly revenue grew by twelve percent.", title="Q3 report"))
+    (corpus / "api.htm").write_text("<h1>API</h1><p>Call POST <code>/v1/chat</code>. It<br>answers.</p><p>Next</p>")
     result = load_paths([corpus])
     docs = _by_id(result)
-    assert set(docs) == {"oxygen.md", "primes.txt", "guide/fresno.md", "guide/plague.html", "report.pdf"}
+    assert set(docs) == {"oxygen.md", "primes.txt", "guide/fresno.md", "guide/plague.html", "report.pdf", "api.htm"}
+    assert docs["api.htm"].text == "API\n\nCall POST /v1/chat. It answers.\n\nNext"  # inline stays inline
     assert not result.failures
     assert docs["oxygen.md"].title == "Oxygen"
     assert docs["primes.txt"].title == "primes"  # no heading: the file name
