@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candor import __version__
@@ -52,7 +52,7 @@ class BodySizeLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     too_big = True
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         try:
@@ -72,8 +72,12 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised while the body streams in. An HTTPException, so that FastAPI's body parser passes it
+    on (it turns any other error into a 400 "error parsing the body") and the handler answers 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body too large (limit {max_bytes} bytes)")
 
 
 def build_services(settings: Settings) -> Services:
@@ -133,6 +137,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for module in (routes_chat, routes_openai, routes_answers, routes_collections, routes_ops):
         app.include_router(module.router)
 
+    # Added before the observer so it runs inside it: a body that turns out too large while it
+    # streams in is then a 413 from the exception handlers (and counted), not a 400 "parse error".
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
     @app.middleware("http")
     async def _observe(request: Any, call_next: Any) -> Any:
         start = time.perf_counter()
@@ -145,7 +153,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             svc.metrics.latency.labels(path).observe(time.perf_counter() - start)
         return response
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 
 

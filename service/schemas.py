@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -111,6 +112,15 @@ class DocumentIn(BaseModel):
     @classmethod
     def _valid_unicode(cls, v: str | None) -> str | None:
         return None if v is None else _utf8(v)
+
+    @field_validator("id")
+    @classmethod
+    def _relative_path_id(cls, v: str) -> str:
+        # Ids double as file paths relative to an ingest root (and show up as sources): an id that
+        # climbs out of its root or names an absolute path is refused, not stored.
+        if re.match(r"^([/\\]|[A-Za-z]:)", v) or ".." in re.split(r"[/\\]", v):
+            raise ValueError("document id must be a relative path without '..' segments")
+        return v
 
     @field_validator("metadata")
     @classmethod

@@ -1,0 +1,164 @@
+"""Helpers of the reliability and security tests: real API processes on loopback, row counts.
+
+Plain functions (no fixtures), importable because tests/ is on sys.path. The
+API runs as ``python -m candor.cli.main serve`` in its own process group, so a
+test can SIGKILL it (and its uvicorn workers) like a crash would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fixtures.model import free_port
+
+START_TIMEOUT_S = float(os.environ.get("CANDOR_TEST_SERVER_TIMEOUT", "240"))
+
+
+def count_rows(database_url: str) -> dict[str, int]:
+    """Rows per table of the answer log, read with a fresh engine (what a restart would see)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            out = {}
+            for table in ("answers", "answer_chunks", "flags"):
+                out[table] = int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+            out["failed"] = int(conn.execute(text("SELECT count(*) FROM answers WHERE status = 'failed'")).scalar_one())
+            return out
+    finally:
+        engine.dispose()
+
+
+def orphan_chunks(database_url: str) -> int:
+    """Chunk rows whose answer row is missing: a half-written answer would leave these."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            sql = "SELECT count(*) FROM answer_chunks c LEFT JOIN answers a ON a.id = c.answer_id WHERE a.id IS NULL"
+            return int(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class ApiProcess:
+    url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str]
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (uvicorn's supervisor and its workers): a crash."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def api_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """The outer environment without CANDOR_ variables, one torch thread, plus the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANDOR_")}
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "TOKENIZERS_PARALLELISM": "false",
+            "CANDOR_TORCH_THREADS": "1",
+        }
+    )
+    env.update(settings_env)
+    return env
+
+
+def wait_http(url: str, process: subprocess.Popen, log: Any, timeout_s: float = START_TIMEOUT_S) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}:\n{log()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s:\n{log()[-4000:]}")
+
+
+def start_api(work_dir: Path, settings_env: dict[str, str], workers: int = 1, port: int | None = None) -> ApiProcess:
+    """`candor serve` on a loopback port, in its own process group; waits for /healthz."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    env = api_env(settings_env)
+    cmd = [sys.executable, "-m", "candor.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers), "--log-level", "info"]
+    log_path = work_dir / f"api-{port}-{int(time.time() * 1000)}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            cmd, cwd=work_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    api = ApiProcess(f"http://127.0.0.1:{port}", port, process, log_path, env)
+    try:
+        wait_http(api.url + "/healthz", process, api.log)
+        if workers > 1:
+            _wait_workers(api, workers)
+    except BaseException:
+        api.kill()
+        raise
+    return api
+
+
+def _wait_workers(api: ApiProcess, workers: int) -> None:
+    """uvicorn's supervisor answers as soon as one worker is up; wait until all have started."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if api.log().count("Application startup complete") >= workers:
+            return
+        time.sleep(0.25)
+
+
+@contextmanager
+def running_api(work_dir: Path, settings_env: dict[str, str], workers: int = 1) -> Iterator[ApiProcess]:
+    api = start_api(work_dir, settings_env, workers=workers)
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def settings_env(**values: Any) -> dict[str, str]:
+    """CANDOR_ variables from keyword settings (None values are left out)."""
+    return {f"CANDOR_{k.upper()}": str(v) for k, v in values.items() if v is not None}
