@@ -90,6 +90,8 @@ class LoopParams:
     pairs: PairsParams = field(default_factory=PairsParams)
     mix: MixParams = field(default_factory=MixParams)
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the `train` section
+    anchor_base_rows: bool = True  # KL to the starting adapter on every base row, none on feedback rows
+    base_ce_weight: float = 0.0  # CE weight of base rows when anchored (0: base rows only distil)
     eval: EvalParams = field(default_factory=EvalParams)
     gate: GateParams = field(default_factory=GateParams)
     monitor: MonitorParams = field(default_factory=MonitorParams)

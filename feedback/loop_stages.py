@@ -118,10 +118,15 @@ def train_config(params: dict[str, Any]) -> Any:
 def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> dict[str, Any]:
     from candor.feedback.loop_train import train_from
 
-    _, paths = paths_for(params)
+    lp, paths = paths_for(params)
     baseline = _read_json(paths.baseline)
     init = Path(baseline["path"]) if baseline.get("path") else None
-    return train_from(train_config(params), init, settings, progress=progress)
+    # with no adapter to start from, a KL to a zero LoRA is a KL to the base: leave the recipe's own choice
+    anchor = lp.anchor_base_rows and init is not None
+    cfg = train_config(params)
+    if anchor:
+        cfg.kl_tokens = "answerable"  # the flag anchor_base_rows re-aims (see loop_train.anchor_base_rows)
+    return train_from(cfg, init, settings, progress=progress, anchor=anchor, base_ce_weight=lp.base_ce_weight)
 
 
 def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:

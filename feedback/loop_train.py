@@ -8,8 +8,9 @@ LoRA (no adapter promoted yet) is the fallback. The loss, the model loading
 and batching are the fine-tuning room's own (``candor.finetune.train``,
 ``candor.finetune.collate``): CE on answer tokens plus λ·KL to a teacher. The
 teacher here is the adapter we start from (``teacher: snapshot``: a frozen
-copy taken at step 0, so the KL holds the new adapter near today's behaviour
-except where the pairs pull) or the base model (``teacher: base``).
+copy taken at step 0), and with ``loop.anchor_base_rows`` the KL covers every
+base row and no feedback row: today's behaviour is held everywhere except
+where the pairs pull (``anchor_base_rows`` below).
 
 A loop run is short, so there are no checkpoints: a failed run is rerun by
 ``dvc repro``. It writes ``adapter/``, ``train_log.jsonl``, ``loss.csv`` (the
@@ -53,7 +54,65 @@ def _check_feedback_kept(train_file: Path, examples: list[Any], max_length: int)
         )
 
 
-def train_from(cfg: Any, init_adapter: Path | None, settings: Any, progress: bool = True) -> dict[str, Any]:
+def anchor_base_rows(examples: list[Any]) -> None:
+    """Point the KL at every base row and at no feedback row.
+
+    The fine-tuning loss applies its KL to examples flagged ``answerable``
+    (``kl_tokens: answerable``); here that flag is re-aimed: a base row, answer
+    or refusal, is held near the adapter we start from (today's behaviour,
+    the snapshot teacher), while a feedback row is free to move (the change
+    the flags ask for). Without it a few steps on refusal-heavy data taught a
+    half-trained adapter to refuse 86% of answerable questions.
+    """
+    for e in examples:
+        e.answerable = e.category not in FEEDBACK_CATEGORIES
+
+
+def loop_loss(model: Any, batch: Any, cfg: Any, teacher: Any, base_ce_weight: float) -> tuple[Any, dict]:
+    """The fine-tuning loss with base rows' CE scaled by ``base_ce_weight``.
+
+    ``batch``'s fourth tensor marks base rows (``anchor_base_rows``). At 0 a
+    base row only contributes the KL to the starting adapter: replay by
+    distillation, today's behaviour held in place, while the feedback rows'
+    CE carries the change. At 1 this is ``candor.finetune.train.compute_loss``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from candor.finetune.distill import kl_loss
+    from candor.finetune.train import head_logits
+
+    ids, mask, labels, base_row = batch
+    target = labels[:, 1:]
+    pos = (target != -100).nonzero()
+    gold = target[pos[:, 0], pos[:, 1]]
+    logits = head_logits(model, ids, mask, pos)
+    ce = F.cross_entropy(logits.float(), gold, reduction="none")
+    first = torch.ones_like(ce, dtype=torch.bool)
+    first[1:] = pos[1:, 0] != pos[:-1, 0]
+    on_base = base_row[pos[:, 0]]
+    w = torch.where(first, cfg.first_token_weight, 1.0) * torch.where(on_base, base_ce_weight, 1.0)
+    ce_loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
+    parts = {"ce": float(ce_loss.detach()), "n_tokens": int(ids.numel()), "n_loss_tokens": int(len(gold))}
+    loss = ce_loss
+    if cfg.distill_lambda > 0 and teacher is not None and bool(on_base.any()):
+        with torch.no_grad(), teacher():
+            t_logits = head_logits(model, ids, mask, pos[on_base])
+        kl = kl_loss(logits[on_base], t_logits, cfg.distill_tau)
+        loss = loss + cfg.distill_lambda * kl
+        parts["kl"] = float(kl.detach())
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+def train_from(
+    cfg: Any,
+    init_adapter: Path | None,
+    settings: Any,
+    progress: bool = True,
+    anchor: bool = True,
+    base_ce_weight: float = 1.0,
+) -> dict[str, Any]:
     """Train ``cfg`` (a ``candor.finetune.train.TrainConfig``) starting from ``init_adapter``."""
     from candor.settings import apply_thread_settings
 
@@ -76,6 +135,8 @@ def train_from(cfg: Any, init_adapter: Path | None, settings: Any, progress: boo
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     examples, dropped = ft.read_examples(Path(cfg.train_file), tokenizer, cfg)
     _check_feedback_kept(Path(cfg.train_file), examples, cfg.max_length)
+    if anchor:
+        anchor_base_rows(examples)
     lengths = [len(e.input_ids) for e in examples]
     model, precision = ft.load_model(cfg, base_path)
     if init_adapter is not None:
@@ -84,6 +145,9 @@ def train_from(cfg: Any, init_adapter: Path | None, settings: Any, progress: boo
         if not (Path(init_adapter) / "adapter_config.json").exists():
             raise NotFoundError(f"the adapter to start from is missing: {init_adapter}")
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        # name the local base: saving would otherwise look the hub id up online (save_adapter restores the id)
+        for conf in model.peft_config.values():
+            conf.base_model_name_or_path = str(base_path)
         log.info("warm start from %s (its LoRA shape wins over params lora_*)", init_adapter)
     else:
         model = ft.attach_lora(model, cfg)
@@ -116,7 +180,10 @@ def train_from(cfg: Any, init_adapter: Path | None, settings: Any, progress: boo
                     batches = length_grouped_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, epoch)
                 batch = pad_batch([examples[i] for i in batches[cursor]], pad_id)
                 cursor += 1
-                loss, parts = ft.compute_loss(model, batch, cfg, teacher)
+                if anchor:
+                    loss, parts = loop_loss(model, batch, cfg, teacher, base_ce_weight)
+                else:
+                    loss, parts = ft.compute_loss(model, batch, cfg, teacher)
                 (loss / cfg.gradient_accumulation_steps).backward()
                 parts_list.append(parts)
                 tokens += parts["n_tokens"]
@@ -169,6 +236,8 @@ def train_from(cfg: Any, init_adapter: Path | None, settings: Any, progress: boo
         "last_loss": records[-1]["loss"] if records else None,
         "peak_rss_mb": round(ft.peak_rss_mb(), 1),
         "precision": precision,
+        "kl_on": "base rows" if anchor else cfg.kl_tokens,
+        "base_ce_weight": base_ce_weight if anchor else 1.0,
         "torch_threads": torch.get_num_threads(),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -22,6 +22,7 @@ from candor.errors import CandorError, InvalidInputError
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, PromptTooLong, fit_messages
 from candor.refusal_score import refusal_confidence
 from candor.service import refusal_policy as policy
+from candor.service.injection import strip_injections
 from candor.settings import Settings
 
 log = logging.getLogger("candor.answering")
@@ -157,7 +158,8 @@ class AnswerEngine:
             await self._log_failure(prep, req, exc)
             raise
         budget = min(info.max_input_tokens, info.max_total_tokens - self.settings.max_new_tokens) - 8
-        chunks = [ContextChunk(c.text, c.title) for c in retrieved]
+        # Passages are data: sentences in them that instruct the model are dropped (OWASP LLM01).
+        chunks = [ContextChunk(strip_injections(c.text)[0], c.title) for c in retrieved]
         try:
             fitted = fit_messages(req.question, chunks, req.history, self.renderer.count_tokens, budget)
         except PromptTooLong as exc:

@@ -15,4 +15,6 @@ pytest_plugins = [
     "fixtures.model",
     "fixtures.store",
     "fixtures.api",
+    "fixtures.finetune",
+    "fixtures.loop",
 ]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,8 @@ class ApiProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group (uvicorn's supervisor and its workers): a crash."""
         if self.process.poll() is None:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(timeout=15)
 
     def stop(self) -> None:
@@ -162,3 +160,83 @@ def running_api(work_dir: Path, settings_env: dict[str, str], workers: int = 1) 
 def settings_env(**values: Any) -> dict[str, str]:
     """CANDOR_ variables from keyword settings (None values are left out)."""
     return {f"CANDOR_{k.upper()}": str(v) for k, v in values.items() if v is not None}
+
+
+def harness_on(tmp_path: Path, chroma_path: Path, llm_url: str, base_model_dir: Path, shared: Any, **extra: Any):
+    """Like fixtures.api.make_harness, but over a Chroma folder of the test's own.
+
+    The session's embedder and tokenizer are reused: the new Retriever only points at
+    another Chroma folder, so no model loads twice.
+    """
+    from fastapi.testclient import TestClient
+    from fixtures.api import ApiHarness, SharedModels, api_settings_for, build_test_services
+
+    from candor.ingest.retriever import Retriever
+    from candor.service.api import create_app
+
+    settings = api_settings_for(tmp_path / "var", chroma_path, llm_url, base_model_dir, **extra)
+    retriever = Retriever(settings)
+    retriever._model, retriever._model_id = shared.retriever._model, shared.retriever._model_id
+    services = build_test_services(settings, SharedModels(retriever=retriever, renderer=shared.renderer))
+    _, admin = services.store.create_key("admin", role="admin", trusted=True)
+    user_id, user = services.store.create_key("user", role="user", trusted=False)
+    client = TestClient(create_app(settings, services=services), raise_server_exceptions=False)
+    return ApiHarness(client, services, settings, admin, user, user_id)
+
+
+def ingest_folder(root: Path, files: dict[str, str | bytes], collection: str, chroma_path: Path) -> Any:
+    """Write ``files`` under ``root`` and ingest them into ``collection`` of an embedded Chroma."""
+    from candor.ingest.pipeline import ingest_paths
+    from candor.settings import load_settings
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    settings = load_settings(data_dir=chroma_path.parent, chroma_path=chroma_path, chroma_url=None)
+    report = ingest_paths(settings, [root], collection)
+    assert report.ok and report.failed == 0, report.to_dict()
+    return report
+
+
+def start_model_server_on(port: int, base_model_dir: Path, work_dir: Path, wait: bool = True):
+    """`candor model-server` on a given port (to bring a killed one back where the API expects it)."""
+    from fixtures.model import ModelServerProcess, server_env, wait_healthy
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "candor.cli.main", "model-server", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = work_dir / f"model-server-{port}-{int(time.time() * 1000)}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            cmd, cwd=work_dir, env=server_env(base_model_dir, work_dir / "var"), stdout=log, stderr=subprocess.STDOUT
+        )
+    server = ModelServerProcess(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
+    if wait:
+        try:
+            wait_healthy(server)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def sse_blocks(lines: Iterator[str]) -> Iterator[tuple[str | None, dict | None]]:
+    """(event, data) pairs from an SSE line stream."""
+    import json
+
+    event, data = None, None
+    for line in lines:
+        if not line:
+            if event or data is not None:
+                yield event, data
+            event, data = None, None
+        elif line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data = json.loads(line.split(":", 1)[1])
+    if event or data is not None:
+        yield event, data

@@ -20,6 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
 STUB_MODEL_ID = "stub/tiny-tgi"
 STUB_TEXT = "Candor uses the MiniLM embedding model."
 
@@ -35,9 +38,6 @@ def _words(text: str) -> list[str]:
 
 def build_stub_app(text: str = STUB_TEXT, max_input_tokens: int = 1536, max_total_tokens: int = 2048):
     """A FastAPI app speaking enough TGI for the API's LLM client."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     app = FastAPI()
     app.state.calls = 0
 

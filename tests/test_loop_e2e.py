@@ -89,6 +89,7 @@ def test_a_flagged_hallucination_is_refused_by_the_next_adapter(
         flag_id = r.json()["feedback_id"]
         harness.services.store.review_flags([flag_id], "approved", reviewer="e2e")
 
+        print(f"flagged: {question!r} -> {first['answer']!r}", flush=True)
         workspace = make_workspace(tmp_path / "loop-small", REPO_ROOT, "small")
         summary = retrain(harness.settings, workspace, swap=True, echo=print)
         out = capsys.readouterr().out

@@ -39,3 +39,17 @@ def test_a_feedback_pair_the_trainer_would_drop_is_an_error(tmp_path) -> None:
     _check_feedback_kept(path, kept, 640)  # the base row may be dropped
     with pytest.raises(InvalidInputError, match="max_length=640"):
         _check_feedback_kept(path, kept[:1], 640)
+
+
+def test_the_kl_anchor_covers_base_rows_and_frees_feedback_rows() -> None:
+    from candor.feedback.loop_train import anchor_base_rows
+    from candor.finetune.collate import Encoded
+
+    rows = [
+        Encoded([1], [1], False, "unanswerable"),  # a base refusal: held near today's adapter
+        Encoded([1], [1], True, "answerable"),
+        Encoded([1], [1], False, "feedback_refusal"),  # what the flags ask: free to move
+        Encoded([1], [1], True, "feedback_qa"),
+    ]
+    anchor_base_rows(rows)
+    assert [r.answerable for r in rows] == [True, True, False, False]

@@ -1,0 +1,205 @@
+"""End-to-end chat: latency p50/p95 and requests/s at 1/4/8/16 clients, through the real API.
+
+    nice -n 10 python bench/bench_chat.py [--clients 1,4,8,16] [--requests 16] [--out PATH]
+
+What a user waits for: `candor serve` (one uvicorn worker) and `candor model-server` run as
+their own processes on loopback, over an embedded Chroma holding the SQuAD 2.0 dev paragraphs
+(ingested once into var/bench/chat), with a fresh SQLite answer log. Questions are SQuAD dev
+questions (answerable and unanswerable mixed, as they come), so some stop at the retrieval gate
+and most reach the model. Per client count: --requests per client, back to back; p50/p95 of the
+total latency and of the server's own stage timings (retrieval, generation), requests/s, and the
+share of server time in each stage. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+SHARED = Path(os.environ.get("CANDOR_SHARED_DIR", REPO.parent / "shared"))
+SQUAD = SHARED / "data" / "squad2"
+COLLECTION = "squad-dev"
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    i = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[i]
+
+
+def questions(n: int) -> list[str]:
+    rows = [json.loads(line) for line in (SQUAD / "dev.questions.jsonl").read_text(encoding="utf-8").splitlines()]
+    step = max(1, len(rows) // n)
+    return [rows[i]["question"] for i in range(0, len(rows), step)][:n]
+
+
+def ensure_corpus(data_dir: Path) -> Path:
+    """The SQuAD dev paragraphs in an embedded Chroma under data_dir (ingested once, then reused)."""
+    from candor.ingest.pipeline import ingest_paths
+    from candor.settings import load_settings
+
+    chroma = data_dir / "chroma"
+    settings = load_settings(data_dir=data_dir, chroma_path=chroma, chroma_url=None)
+    report = ingest_paths(settings, [SQUAD / "dev.paragraphs.jsonl"], COLLECTION)
+    print(f"corpus: {report.summary()}")
+    return chroma
+
+
+async def run_clients(url: str, secret: str, qs: list[str], clients: int, per_client: int) -> dict[str, Any]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {secret}"}
+    results: list[dict[str, Any]] = []
+    errors: dict[str, int] = {}
+
+    async def worker(k: int, client: Any) -> None:
+        for j in range(per_client):
+            q = qs[(k * per_client + j) % len(qs)]
+            t0 = time.perf_counter()
+            r = await client.post("/v1/chat", json={"question": q, "collection": COLLECTION}, headers=headers)
+            wall = time.perf_counter() - t0
+            if r.status_code != 200:
+                errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                continue
+            body = r.json()
+            results.append(
+                {
+                    "wall_s": wall,
+                    **{f"{name}_ms": v for name, v in body["timings_ms"].items()},
+                    "refused_by": body["refusal_layer"],
+                }
+            )
+
+    limits = httpx.Limits(max_connections=clients + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k, client) for k in range(clients)))
+        wall = time.perf_counter() - started
+    lat = [r["wall_s"] * 1000 for r in results]
+    ret = [r["retrieval_ms"] for r in results]
+    gen = [r["generation_ms"] for r in results]
+    tot = [r["total_ms"] for r in results]
+    server_total = sum(tot) or 1.0
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "req_per_s": round(len(results) / wall, 3),
+        "latency_ms": {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1)},
+        "retrieval_ms": {"p50": round(pct(ret, 50), 1), "p95": round(pct(ret, 95), 1)},
+        "generation_ms": {"p50": round(pct(gen, 50), 1), "p95": round(pct(gen, 95), 1)},
+        "server_total_ms": {"p50": round(pct(tot, 50), 1), "p95": round(pct(tot, 95), 1)},
+        "share_of_server_time": {
+            "retrieval": round(sum(ret) / server_total, 3),
+            "generation": round(sum(gen) / server_total, 3),
+            "other (prompt fitting, logging, queueing)": round(1 - (sum(ret) + sum(gen)) / server_total, 3),
+        },
+        "gate_refusals": sum(1 for r in results if r["refused_by"] == "retrieval_gate"),
+        "median_generation_share": round(
+            statistics.median([g / t for g, t in zip(gen, tot, strict=True) if t] or [0]), 3
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16])
+    parser.add_argument("--requests", type=int, default=8, help="Requests per client per level.")
+    parser.add_argument("--threads", type=int, default=1, help="Model server torch threads.")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--server-args", default="", help="Extra `candor model-server` options.")
+    parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--base-model",
+        type=Path,
+        default=Path(os.environ.get("CANDOR_BASE_MODEL_PATH") or REPO / "var" / "test-cache" / "base-model"),
+        help="Converted base model folder (converted from the GGUF on first use).",
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "chat")
+    args = parser.parse_args(argv)
+    suffix = f"-{args.label}" if args.label else ""
+    args.out = args.out or REPO / "bench" / "results" / f"chat{suffix}.json"
+
+    from fixtures.model import start_model_server
+    from reliability_helpers import running_api, settings_env
+
+    from candor.feedback.store import AnswerStore
+    from candor.service.model_prep import prepare_base_model
+    from candor.settings import load_settings
+
+    base_dir = prepare_base_model(load_settings(base_model_path=args.base_model)).resolve()
+    chroma = ensure_corpus(args.work_dir / "corpus")
+    run_dir = args.work_dir / f"run-{int(time.time())}"
+    settings = load_settings(data_dir=run_dir / "var")
+    store = AnswerStore(settings)
+    store.migrate()
+    _, secret = store.create_key("bench", role="user", trusted=True)
+    store.close()
+    qs = questions(max(args.clients) * args.requests)
+
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m_before": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+        },
+        "setup": {
+            "corpus": "SQuAD 2.0 dev paragraphs (164), embedded Chroma",
+            "api_workers": 1,
+            "api_torch_threads": 1,
+            "model_server_threads": args.threads,
+            "max_new_tokens": args.max_new_tokens,
+            "requests_per_client": args.requests,
+        },
+        "levels": [],
+    }
+    server = start_model_server(
+        base_dir, run_dir / "ms", args=["--threads", str(args.threads), *args.server_args.split()]
+    )
+    try:
+        env = settings_env(
+            data_dir=settings.data_dir,
+            chroma_path=chroma,
+            base_model_path=base_dir,
+            llm_url=server.url,
+            max_new_tokens=args.max_new_tokens,
+            rate_limit_per_minute=1_000_000,
+            llm_timeout_s=600,
+        )
+        with running_api(run_dir / "api", env) as api:
+            asyncio.run(run_clients(api.url, secret, qs, 1, 2))  # warm-up
+            for c in args.clients:
+                level = asyncio.run(run_clients(api.url, secret, qs, c, args.requests))
+                report["levels"].append(level)
+                print(
+                    f"{c:>2} clients: {level['req_per_s']:.2f} req/s, latency p50 {level['latency_ms']['p50']:.0f} ms "
+                    f"p95 {level['latency_ms']['p95']:.0f} ms; "
+                    f"generation share {level['share_of_server_time']['generation']:.0%}, "
+                    f"retrieval p50 {level['retrieval_ms']['p50']:.0f} ms; errors {level['errors']}"
+                )
+    finally:
+        server.stop()
+    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Candor's embedded model server vs llama.cpp, same GGUF, same prompts, same CPU, one run.
+
+    nice -n 10 python bench/bench_llamacpp.py [--threads 2] [--new-tokens 64] [--out PATH]
+
+Why: a user who only wants SmolLM2 on a CPU would reach for llama.cpp; this says how far the
+embedded server (transformers, the GGUF dequantised to bf16) is from it, as ratios.
+
+- embedded: `candor model-server` (the launcher the tests use) over HTTP, streamed; the same
+  measurements as bench_generation.py (TTFT, decode tok/s, e2e tok/s; total tok/s at 1/4/8 clients);
+- llama.cpp: llama-cpp-python (``pip install llama-cpp-python==0.3.36``, built from its sdist; the
+  `[bench]` extra) loading ``SmolLM2-135M-Instruct.Q4_1.gguf`` in-process, streamed, greedy. One
+  ``Llama`` object serves one request at a time (as llama-cpp-python's own server does with one
+  model), so N clients queue behind a lock: their total tok/s is what that server would give.
+Both see the same rendered chat-template prompts (~400 tokens of SQuAD context) and stop at
+--new-tokens or end of sequence; rates count the tokens actually produced. Threads are the same
+for both. Nothing is asserted: this writes JSON and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO / "tests"))
+
+from bench_generation import build_prompts, concurrent, peak_rss_mb, single_stream  # noqa: E402
+
+
+def llama_stream_once(llm: Any, prompt: str, new_tokens: int) -> dict[str, float]:
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    for _chunk in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, top_k=1, stream=True):
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        tokens += 1
+    assert first is not None and last is not None
+    return {
+        "ttft_s": first - started,
+        "total_s": last - started,
+        "tokens": tokens,
+        "input_tokens": len(llm.tokenize(prompt.encode(), add_bos=False, special=True)),
+        "decode_tok_s": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0,
+    }
+
+
+def llama_single(llm: Any, prompts: list[str], new_tokens: int, repeats: int) -> dict:
+    llama_stream_once(llm, prompts[0], 8)  # warm-up
+    runs = [llama_stream_once(llm, prompts[i % len(prompts)], new_tokens) for i in range(repeats)]
+    return {
+        "runs": runs,
+        "ttft_s_median": statistics.median(r["ttft_s"] for r in runs),
+        "decode_tok_s_median": statistics.median(r["decode_tok_s"] for r in runs),
+        "e2e_tok_s_median": statistics.median(r["tokens"] / r["total_s"] for r in runs),
+        "tokens_median": statistics.median(r["tokens"] for r in runs),
+        "input_tokens_median": statistics.median(r["input_tokens"] for r in runs),
+    }
+
+
+def llama_concurrent(llm: Any, prompts: list[str], clients: int, per_client: int, new_tokens: int) -> dict:
+    lock = threading.Lock()
+
+    def worker(k: int) -> list[dict]:
+        out = []
+        for j in range(per_client):
+            prompt = prompts[(k * per_client + j) % len(prompts)]
+            queued = time.perf_counter()
+            with lock:
+                r = llama_stream_once(llm, prompt, new_tokens)
+            waited = time.perf_counter() - queued - r["total_s"]
+            r["ttft_s"] += waited  # a client's time to first token includes its wait in the queue
+            r["total_s"] += waited
+            out.append(r)
+        return out
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for batch in pool.map(worker, range(clients)) for r in batch]
+    wall = time.perf_counter() - started
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": wall,
+        "total_tok_s": tokens / wall,
+        "ttft_s_median": statistics.median(r["ttft_s"] for r in results),
+        "ttft_s_max": max(r["ttft_s"] for r in results),
+        "request_s_median": statistics.median(r["total_s"] for r in results),
+    }
+
+
+def ratios(embedded: dict, llama: dict) -> dict[str, Any]:
+    """embedded / llama.cpp: above 1 means the embedded server is faster (for rates) or slower (for times)."""
+    e, ll = embedded["single_stream"], llama["single_stream"]
+    out: dict[str, Any] = {
+        "ttft_s (embedded/llama.cpp; <1 = embedded faster)": round(e["ttft_s_median"] / ll["ttft_s_median"], 3),
+        "decode_tok_s (embedded/llama.cpp; >1 = embedded faster)": round(
+            e["decode_tok_s_median"] / ll["decode_tok_s_median"], 3
+        ),
+        "e2e_tok_s (embedded/llama.cpp)": round(e["e2e_tok_s_median"] / ll["e2e_tok_s_median"], 3),
+    }
+    for ec, lc in zip(embedded["concurrency"], llama["concurrency"], strict=True):
+        out[f"total_tok_s at {ec['clients']} clients (embedded/llama.cpp)"] = round(
+            ec["total_tok_s"] / lc["total_tok_s"], 3
+        )
+        out[f"ttft_s median at {ec['clients']} clients (embedded/llama.cpp)"] = round(
+            ec["ttft_s_median"] / lc["ttft_s_median"], 3
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    parser.add_argument("--requests-per-client", type=int, default=1)
+    parser.add_argument("--server-args", default="", help="Extra `candor model-server` options, space separated.")
+    parser.add_argument("--label", default="", help="Suffix of the output file (e.g. before/after a fix).")
+    parser.add_argument(
+        "--base-model",
+        type=Path,
+        default=Path(os.environ.get("CANDOR_BASE_MODEL_PATH") or REPO / "var" / "test-cache" / "base-model"),
+        help="Converted base model folder (converted from the GGUF on first use).",
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "llamacpp")
+    args = parser.parse_args(argv)
+    suffix = f"-{args.label}" if args.label else ""
+    args.out = args.out or REPO / "bench" / "results" / f"llamacpp-vs-embedded{suffix}.json"
+
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama-cpp-python is not installed: pip install llama-cpp-python==0.3.36 (builds ~5 min)")
+        return 2
+    from fixtures.model import start_model_server
+    from transformers import AutoTokenizer
+
+    from candor.service.model_prep import find_gguf, prepare_base_model
+    from candor.settings import load_settings
+
+    settings = load_settings(base_model_path=args.base_model)
+    base_dir = prepare_base_model(settings).resolve()
+    gguf = find_gguf().path
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    prompts = build_prompts(tokenizer, max(max(args.clients) * args.requests_per_client, args.repeats))
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m_before": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+        },
+        "model_file": gguf.name,
+        "workload": {
+            "threads": args.threads,
+            "new_tokens": args.new_tokens,
+            "prompt_tokens_target": 400,
+            "greedy": True,
+            "clients": args.clients,
+            "requests_per_client": args.requests_per_client,
+        },
+    }
+
+    cli = ["--threads", str(args.threads), "--dtype", args.dtype, *args.server_args.split()]
+    server = start_model_server(base_dir, args.work_dir, args=cli)
+    try:
+        embedded: dict[str, Any] = {"engine": f"candor model-server ({args.dtype}, {' '.join(cli)})"}
+        embedded["single_stream"] = asyncio.run(single_stream(server.url, prompts, args.new_tokens, None, args.repeats))
+        embedded["concurrency"] = [
+            asyncio.run(concurrent(server.url, prompts, c, args.requests_per_client, args.new_tokens, None))
+            for c in args.clients
+        ]
+        embedded["peak_rss_mb"] = peak_rss_mb(server.process.pid)
+    finally:
+        server.stop()
+
+    import llama_cpp
+
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    llama: dict[str, Any] = {"engine": f"llama-cpp-python {llama_cpp.__version__} (Q4_1 GGUF)"}
+    llama["single_stream"] = llama_single(llm, prompts, args.new_tokens, args.repeats)
+    llama["concurrency"] = [
+        llama_concurrent(llm, prompts, c, args.requests_per_client, args.new_tokens) for c in args.clients
+    ]
+    llama["peak_rss_mb_this_process"] = peak_rss_mb(os.getpid())
+    del llm
+
+    report["embedded"] = embedded
+    report["llama_cpp"] = llama
+    report["ratios"] = ratios(embedded, llama)
+    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for name, r in (("embedded", embedded), ("llama.cpp", llama)):
+        s = r["single_stream"]
+        conc = ", ".join(f"{c['clients']}c {c['total_tok_s']:.1f}" for c in r["concurrency"])
+        print(
+            f"{name}: TTFT {s['ttft_s_median']:.2f} s, decode {s['decode_tok_s_median']:.1f} tok/s, "
+            f"e2e {s['e2e_tok_s_median']:.1f} tok/s ({s['tokens_median']} tok, {s['input_tokens_median']} in); "
+            f"total tok/s {conc}"
+        )
+    for k, v in report["ratios"].items():
+        print(f"  {k}: {v}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

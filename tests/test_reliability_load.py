@@ -1,0 +1,157 @@
+"""Load: 50 concurrent clients against `candor serve` (a real process on loopback) on the embedded
+stack (real model server, embedded Chroma with the handbook, SQLite), for a bounded time.
+
+Most questions are off-topic and refused by the retrieval gate (cheap), one in GENERATE_EVERY is
+a handbook question that reaches the model, and clients flag some of their answers. Per-key rate
+limits are set above the load. Asserted: no 5xx other than 503, every 503 carries Retry-After,
+no 429, at least MIN_GENERATED answers really generated, and the database holds exactly the
+acknowledged answers and flags (count = acks).
+
+CANDOR_TEST_LOAD_SECONDS (default 45) and CANDOR_TEST_LOAD_CLIENTS (default 50) size it; the
+issue's full run is 60 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+from fixtures.api import COLLECTION
+from reliability_helpers import count_rows, running_api, settings_env
+
+pytestmark = pytest.mark.slow
+
+SECONDS = float(os.environ.get("CANDOR_TEST_LOAD_SECONDS", "45"))
+CLIENTS = int(os.environ.get("CANDOR_TEST_LOAD_CLIENTS", "50"))
+GENERATE_EVERY = 8
+MIN_GENERATED = int(os.environ.get("CANDOR_TEST_LOAD_MIN_GENERATED", "10"))
+FLAG_EVERY = 10
+
+ANSWERABLE = [
+    "Which embedding model does Candor use?",
+    "How does Candor decide to refuse a question?",
+    "How do I deploy Candor?",
+    "What does the Candor API return for a chat request?",
+]
+OFF_TOPIC = [
+    "What is the boiling point of mercury in kelvin?",
+    "Who won the 1966 football world cup?",
+    "How many moons does Jupiter have?",
+    "What is the capital of Mongolia?",
+    "How do you bake sourdough bread?",
+]
+
+
+@dataclass
+class Tally:
+    statuses: Counter = field(default_factory=Counter)
+    acked_answers: list[str] = field(default_factory=list)
+    generated: int = 0
+    flags_acked: int = 0
+    missing_retry_after: int = 0
+    server_errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+async def client_loop(client, secret: str, deadline: float, tally: Tally, seed: int, counter: list[int]) -> None:
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {secret}"}
+    acks = 0
+    while time.monotonic() < deadline:
+        counter[0] += 1
+        generate = counter[0] % GENERATE_EVERY == 0
+        question = rng.choice(ANSWERABLE if generate else OFF_TOPIC)
+        t0 = time.perf_counter()
+        r = await client.post("/v1/chat", json={"question": question, "collection": COLLECTION}, headers=headers)
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.statuses[r.status_code] += 1
+        if r.status_code == 503 and "retry-after" not in r.headers:
+            tally.missing_retry_after += 1
+        if r.status_code >= 500 and r.status_code != 503:
+            tally.server_errors.append(f"{r.status_code}: {r.text[:200]}")
+        if r.status_code != 200:
+            continue
+        body = r.json()
+        tally.acked_answers.append(body["answer_id"])
+        if body["timings_ms"]["generation"] > 0:
+            tally.generated += 1
+        acks += 1
+        if acks % FLAG_EVERY == 0:
+            f = await client.post(
+                f"/v1/answers/{body['answer_id']}/feedback", json={"verdict": "correct"}, headers=headers
+            )
+            tally.statuses[f"flag {f.status_code}"] += 1
+            if f.status_code == 201:
+                tally.flags_acked += 1
+            elif f.status_code >= 500 and f.status_code != 503:
+                tally.server_errors.append(f"flag {f.status_code}: {f.text[:200]}")
+
+
+async def drive(url: str, secret: str) -> Tally:
+    import httpx
+
+    tally = Tally()
+    counter = [0]
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as client:
+        deadline = time.monotonic() + SECONDS
+        await asyncio.gather(*(client_loop(client, secret, deadline, tally, i, counter) for i in range(CLIENTS)))
+    return tally
+
+
+def test_fifty_clients_lose_nothing(tmp_path, handbook_chroma, model_server, base_model_dir):
+    from candor.feedback.store import AnswerStore
+    from candor.settings import load_settings
+
+    data_dir = tmp_path / "var"
+    settings = load_settings(data_dir=data_dir)
+    store = AnswerStore(settings)
+    store.migrate()
+    _, secret = store.create_key("load", role="user", trusted=True)
+    store.close()
+    env = settings_env(
+        data_dir=data_dir,
+        chroma_path=handbook_chroma,
+        base_model_path=base_model_dir,
+        llm_url=model_server.url,
+        llm_retries=1,
+        max_new_tokens=24,
+        rate_limit_per_minute=1_000_000,
+    )
+    with running_api(tmp_path / "api", env) as api:
+        started = time.monotonic()
+        tally = asyncio.run(drive(api.url, secret))
+        wall = time.monotonic() - started
+        log = api.log()
+
+    summary = {
+        "clients": CLIENTS,
+        "seconds": round(wall, 1),
+        "statuses": {str(k): v for k, v in tally.statuses.items()},
+        "answers_acked": len(tally.acked_answers),
+        "generated": tally.generated,
+        "flags_acked": tally.flags_acked,
+        "req_per_s": round(sum(v for k, v in tally.statuses.items() if isinstance(k, int)) / wall, 1),
+    }
+    print("load summary:", json.dumps(summary))
+    assert not tally.server_errors, tally.server_errors[:5]
+    assert tally.missing_retry_after == 0
+    assert tally.statuses[429] == 0, "per-key limits are above the load: a 429 here is a bug"
+    assert tally.generated >= MIN_GENERATED, summary
+    assert len(tally.acked_answers) >= CLIENTS, summary
+    assert "Traceback" not in log, log[-3000:]
+
+    rows = count_rows(settings.resolved_database_url)
+    assert rows["answers"] - rows["failed"] == len(tally.acked_answers), (rows, summary)
+    assert rows["failed"] == tally.statuses[503], (rows, summary)  # failures are logged as failures
+    assert rows["flags"] == tally.flags_acked, (rows, summary)
+    store = AnswerStore(settings)
+    for answer_id in random.Random(0).sample(tally.acked_answers, min(50, len(tally.acked_answers))):
+        assert store.get_answer(answer_id).status == "ok"
+    store.close()
