@@ -63,6 +63,7 @@ class EvalParams:
     batch_size: int = 8
     threads: int = 1
     max_input_tokens: int | None = None  # None: settings.max_input_tokens (what the service fits to)
+    refuse_min_confidence: float = 0.5  # a regression refusal counts when its first token holds this probability
 
 
 @dataclass

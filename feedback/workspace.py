@@ -22,6 +22,7 @@ from candor.feedback.loop_params import deep_merge, read_params
 DVC_CONFIG = """[core]
     no_scm = True
     analytics = false
+    check_update = false
     site_cache_dir = .dvc/site-cache
 """
 

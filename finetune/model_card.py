@@ -120,7 +120,11 @@ def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eva
             f"{len(stats.get('val_articles', []))} more train articles held out to choose the refusal threshold "
             f"({', '.join(stats.get('val_articles', []))}). Never the dev articles.",
             "",
-            "| category | examples |",
+            f"The builder wrote the examples below; the run dropped {summary.get('dropped_too_long', 0)} longer "
+            f"than {cfg.get('max_length')} tokens and saw {summary.get('examples_seen')} of the rest "
+            "(shuffled, so in about these proportions).",
+            "",
+            "| category | examples built |",
             "|---|---|",
             *[f"| {k} | {v} |" for k, v in sorted(counts.items())],
         ]

@@ -17,6 +17,13 @@ export CANDOR_LLM_URL="http://127.0.0.1:${MODEL_PORT}"
 export CANDOR_API_URL="http://127.0.0.1:${API_PORT}"
 mkdir -p "$CANDOR_DATA_DIR"
 COLLECTION=handbook
+# The shipped refusal adapter (models/candor-refusal), served under the stable name "refusal".
+ADAPTER_DIR="${CANDOR_DEMO_ADAPTER:-models/candor-refusal}"
+ADAPTER_ARGS=()
+if [ -f "$ADAPTER_DIR/adapter_config.json" ]; then
+  ADAPTER_ARGS=(--adapter "refusal=$ADAPTER_DIR")
+  export CANDOR_LLM_ADAPTER=refusal
+fi
 
 candor model prepare
 candor ingest samples/handbook --collection "$COLLECTION"
@@ -39,7 +46,7 @@ wait_for() {  # url, seconds, name
   return 1
 }
 
-candor model-server --port "$MODEL_PORT" >"$CANDOR_DATA_DIR/model-server.log" 2>&1 &
+candor model-server --port "$MODEL_PORT" "${ADAPTER_ARGS[@]}" >"$CANDOR_DATA_DIR/model-server.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:${MODEL_PORT}/health" 180 "the model server"
 candor serve --port "$API_PORT" >"$CANDOR_DATA_DIR/api.log" 2>&1 &

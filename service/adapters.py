@@ -161,23 +161,25 @@ def inspect_adapter(spec: AdapterSpec, base_path: Path, base_model_id: str, allo
     )
 
 
-def build_merged_model(base_model: Any, adapter_path: Path, dtype: Any) -> Any:
-    """A copy of ``base_model`` with the LoRA adapter merged into its weights.
+def build_merged_model(base_path: Path, adapter_path: Path, dtype: Any, attn_implementation: str | None = None) -> Any:
+    """The base model with the LoRA adapter merged into its weights, in ``dtype``.
 
-    PEFT keeps the LoRA weights in float32 (``autocast_adapter_dtype``) and adds
-    the float32 delta into each weight in place, which rounds once to the
-    weight's dtype: the same numbers as merging into a float32 copy, without
-    holding one (that doubled the server's peak memory).
+    The merge starts from the checkpoint's full-precision weights, read again
+    from ``base_path``, and the sum is rounded to ``dtype`` once. Merging into
+    weights that are already bf16 loses the adapter: a LoRA delta is mostly
+    smaller than half a bf16 step of the weight it is added to, so W + delta
+    rounds back to W. The shipped refusal adapter answered like the base model
+    that way, and refuses as trained this way (tests/test_model_adapters.py).
+    The float32 copy is transient (~0.5 GB for the 135M model).
     """
-    import copy
-
     import torch
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    work = copy.deepcopy(base_model)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    work = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, local_files_only=True, **kwargs)
     try:
-        peft_model = PeftModel.from_pretrained(work, str(adapter_path), is_trainable=False, autocast_adapter_dtype=True)
-        # safe_merge would round the delta to bf16 before adding it (two roundings); check finiteness here.
+        peft_model = PeftModel.from_pretrained(work, str(adapter_path), is_trainable=False)
         merged = peft_model.merge_and_unload(safe_merge=False)
     except Exception as exc:  # shape mismatch, unknown target modules
         raise AdapterError(f"adapter {adapter_path} cannot be applied to the base model: {exc}") from exc

@@ -276,10 +276,11 @@ class ModelEngine:
 
     def _build_adapter(self, spec: AdapterSpec, info: AdapterInfo) -> _Served:
         from candor.service.adapters import build_merged_model
+        from candor.service.decode_attention import register_decode_attention
 
         assert self._base is not None
         started = time.perf_counter()
-        model = build_merged_model(self._base.model, spec.path, self.dtype)
+        model = build_merged_model(self.base_path, spec.path, self.dtype, register_decode_attention())
         log.info("adapter %s (%s) merged in %.1f s", spec.name, info.version, time.perf_counter() - started)
         return _Served(model=model, info=info)
 

@@ -53,3 +53,10 @@ def test_the_kl_anchor_covers_base_rows_and_frees_feedback_rows() -> None:
     ]
     anchor_base_rows(rows)
     assert [r.answerable for r in rows] == [True, True, False, False]
+
+
+def test_a_marginal_refusal_does_not_count_as_fixed() -> None:
+    item = {"expect": "refuse", "reference": None}
+    text = "I don't know based on the provided documents."
+    assert not regression_passes(item, text, True, 0.5, confidence=0.17, min_confidence=0.5)
+    assert regression_passes(item, text, True, 0.5, confidence=0.8, min_confidence=0.5)

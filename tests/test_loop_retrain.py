@@ -158,3 +158,19 @@ def test_retrain_cli_reports_and_exits_cleanly(settings, tmp_path, capsys) -> No
     assert "another retraining run" in capsys.readouterr().err
     assert main(["retrain", "--workspace", str(tmp_path / "nowhere")]) == 2
     assert "params file not found" in capsys.readouterr().err
+
+
+def test_the_pipeline_is_declared_offline_and_thin() -> None:
+    import configparser
+
+    import yaml
+
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["export_feedback", "build_pairs", "prepare", "train", "evaluate", "promote"]
+    assert all(s["cmd"].startswith("candor loop ") for s in stages.values())
+    assert all(s.get("deps") and s.get("outs") and s.get("params") for s in stages.values())
+    config = configparser.ConfigParser()
+    config.read(REPO_ROOT / ".dvc" / "config")
+    core = config["core"]
+    assert core["analytics"] == "false" and core["check_update"] == "false"
+    assert not Path(core["site_cache_dir"]).is_absolute()  # inside the project, not /var/tmp/dvc

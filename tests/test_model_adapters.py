@@ -91,8 +91,39 @@ def test_merged_copy_changes_only_the_copy(base_model_dir: Path, tiny_adapter_di
 
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.bfloat16, local_files_only=True)
     before = base.model.layers[0].self_attn.q_proj.weight.clone()
-    merged = build_merged_model(base, tiny_adapter_dir, torch.bfloat16)
+    merged = build_merged_model(base_model_dir, tiny_adapter_dir, torch.bfloat16)
     assert torch.equal(base.model.layers[0].self_attn.q_proj.weight, before)
     assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, before)
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+@pytest.mark.slow
+def test_merged_shipped_adapter_behaves_like_peft_unmerged(base_model_dir: Path) -> None:
+    """Regression: merging into bf16 weights used to erase the refusal adapter's effect."""
+    from candor.settings import apply_thread_settings
+
+    apply_thread_settings(1)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
+    from candor.service.adapters import build_merged_model
+
+    adapter = Path(__file__).resolve().parents[1] / "models" / "candor-refusal"
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    # a prompt on which this adapter refuses and the base model does not (an over-refusal, but distinctive)
+    text = "Candor's default embedding model, all-MiniLM-L6-v2, was trained on English text."
+    messages = build_messages("Which embedding model does Candor use?", [ContextChunk(text, "FAQ: languages")])
+    ids = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), return_tensors="pt")
+
+    def greedy(model) -> str:
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+        return tok.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
+
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
+    reference = greedy(PeftModel.from_pretrained(base, str(adapter)))
+    merged = greedy(build_merged_model(base_model_dir, adapter, torch.bfloat16))
+    assert reference.startswith(REFUSAL_SENTENCE[:20])
+    assert merged == reference
