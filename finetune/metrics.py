@@ -151,14 +151,15 @@ def tradeoff_curve(items: Sequence[Scored], max_points: int = 400) -> list[dict[
 def curve_area(points: Sequence[dict[str, float]]) -> float:
     """Area under hallucination(over-refusal) on [0, 1]; lower is better.
 
-    Left of the model's own operating point no threshold helps (a generated
-    refusal stays a refusal), so the curve is extended flat at its first
-    hallucination rate; a model that never errs scores 0, a coin 0.5.
+    Over-refusal below the model's own operating point cannot be reached (a
+    generated refusal stays a refusal), so that stretch counts as hallucination
+    1: a model that refuses everything by itself scores ~1, not 0. A model
+    that never errs scores 0; a random confidence at the "answer all" point 0.5.
     """
     pts = sorted(((p["over_refusal"], p["hallucination_rate"]) for p in points), key=lambda xy: (xy[0], -xy[1]))
     if not pts:
         return float("nan")
-    area, (x0, y0) = pts[0][0] * pts[0][1], pts[0]
+    area, (x0, y0) = pts[0][0] * 1.0, pts[0]
     for x1, y1 in pts[1:]:
         area += (x1 - x0) * (y0 + y1) / 2
         x0, y0 = x1, y1

@@ -87,6 +87,7 @@ class TokenChooser:
                 scores[ids] = scores[ids] - p.frequency_penalty * counts
         if p.temperature is not None and p.temperature != 1.0:
             scores = scores / p.temperature
+        scores = _finite_scores(scores, logits)
         logprobs = torch.log_softmax(scores, dim=-1)
 
         token = int(torch.argmax(scores)) if self.generator is None else self._sample(scores)
@@ -121,3 +122,14 @@ class TokenChooser:
             filtered[order[cutoff:]] = float("-inf")
         probs = torch.softmax(filtered, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def _finite_scores(scores: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Keep extreme parameters (a temperature of 1e-300, a huge penalty) from turning the
+    distribution into NaN: overflow saturates to a large finite score, and if nothing finite
+    is left the raw logits are used. Found by the schemathesis conformance test (a 424)."""
+    big = torch.finfo(scores.dtype).max / 4
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=big, neginf=float("-inf"))
+    if not torch.isfinite(scores).any():
+        return fallback
+    return scores

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("CANDOR_TEST_LOAD_SECONDS", "45"))
 CLIENTS = int(os.environ.get("CANDOR_TEST_LOAD_CLIENTS", "50"))
 GENERATORS = int(os.environ.get("CANDOR_TEST_LOAD_GENERATORS", "4"))
-MIN_GENERATED = int(os.environ.get("CANDOR_TEST_LOAD_MIN_GENERATED", "10"))
+MIN_GENERATED = int(os.environ.get("CANDOR_TEST_LOAD_MIN_GENERATED", "8"))
 FLAG_EVERY = 10
 
 ANSWERABLE = [
