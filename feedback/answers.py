@@ -17,7 +17,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, selectinload
 
 from candor.errors import ConflictError, InvalidInputError, NotFoundError
-from candor.feedback.flags import flag_out, parse_verdict
+from candor.feedback.flags import flag_out, parse_choice, parse_verdict
 from candor.feedback.ids import is_id, new_id, utcnow
 from candor.feedback.models import AnswerRow, ApiKeyRow, ChunkRow, FlagRow
 from candor.feedback.schemas import (
@@ -51,20 +51,7 @@ def _chunk_rows(chunks: Sequence[ChunkLog]) -> list[ChunkRow]:
     ranks = [c.rank for c in chunks]
     if len(set(ranks)) != len(ranks):
         raise InvalidInputError("chunk ranks must be distinct")
-    return [
-        ChunkRow(
-            rank=c.rank,
-            chunk_id=c.chunk_id,
-            doc_id=c.doc_id,
-            source=c.source,
-            title=c.title,
-            score=c.score,
-            text=c.text,
-            prompt_text=c.prompt_text,
-            text_sha256=c.text_sha256,
-        )
-        for c in chunks
-    ]
+    return [ChunkRow(**c.model_dump()) for c in chunks]
 
 
 def _base_row(session: Session, rec: NewAnswer | NewFailure, status: AnswerStatus) -> AnswerRow:
@@ -131,20 +118,7 @@ def answer_out(row: AnswerRow, with_flags: bool = True) -> Answer:
         history=list(row.history or []),
         history_in_prompt=row.history_in_prompt,
         retrieval_query=row.retrieval_query,
-        chunks=[
-            ChunkLog(
-                chunk_id=c.chunk_id,
-                doc_id=c.doc_id,
-                source=c.source,
-                score=c.score,
-                text=c.text,
-                title=c.title,
-                prompt_text=c.prompt_text,
-                text_sha256=c.text_sha256,
-                rank=c.rank,
-            )
-            for c in row.chunks
-        ],
+        chunks=[ChunkLog.model_validate(c, from_attributes=True) for c in row.chunks],
         prompt_version=row.prompt_version,
         rendered_prompt=row.rendered_prompt,
         model_base=row.model_base,
@@ -217,10 +191,7 @@ def list_answers(
     if refused is not None:
         stmt = stmt.where(AnswerRow.refused.is_(refused))
     if status is not None:
-        try:
-            stmt = stmt.where(AnswerRow.status == AnswerStatus(status).value)
-        except ValueError:
-            raise InvalidInputError(f"unknown status {status!r}: use ok or failed") from None
+        stmt = stmt.where(AnswerRow.status == parse_choice(AnswerStatus, status, "status").value)
     if since is not None:
         stmt = stmt.where(AnswerRow.created_at >= since)
     if until is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
 
 from sqlalchemy import and_, case, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,28 +27,27 @@ from candor.feedback.ids import is_id, new_id, utcnow
 from candor.feedback.models import NO_KEY, AnswerRow, ApiKeyRow, FlagRow
 from candor.feedback.schemas import AnswerStatus, Flag, FlagPage, ReviewStatus, Verdict
 
+E = TypeVar("E", bound=StrEnum)
 MAX_TEXT = 10_000
 # Which verdicts make sense for which answers: a refusal cannot be a hallucination.
 _FOR_ANSWERED = {Verdict.HALLUCINATION, Verdict.SHOULD_HAVE_REFUSED, Verdict.CORRECT}
 _FOR_REFUSED = {Verdict.WRONG_REFUSAL, Verdict.CORRECT}
 
 
-def parse_verdict(value: str | Verdict) -> Verdict:
+def parse_choice(kind: type[E], value: str | E, what: str) -> E:
+    """``value`` as a member of the string enum ``kind``; InvalidInputError naming the choices if it is none."""
     try:
-        return Verdict(value)
+        return kind(value)
     except ValueError:
-        raise InvalidInputError(
-            f"unknown verdict {value!r}: use one of {', '.join(v.value for v in Verdict)}"
-        ) from None
+        raise InvalidInputError(f"unknown {what} {value!r}: use one of {', '.join(m.value for m in kind)}") from None
+
+
+def parse_verdict(value: str | Verdict) -> Verdict:
+    return parse_choice(Verdict, value, "verdict")
 
 
 def parse_review_status(value: str | ReviewStatus) -> ReviewStatus:
-    try:
-        return ReviewStatus(value)
-    except ValueError:
-        raise InvalidInputError(
-            f"unknown review status {value!r}: use one of {', '.join(s.value for s in ReviewStatus)}"
-        ) from None
+    return parse_choice(ReviewStatus, value, "review status")
 
 
 def _clean(text: str | None, what: str) -> str | None:
@@ -59,20 +60,7 @@ def _clean(text: str | None, what: str) -> str | None:
 
 
 def flag_out(row: FlagRow) -> Flag:
-    return Flag(
-        id=row.id,
-        answer_id=row.answer_id,
-        verdict=Verdict(row.verdict),
-        correction=row.correction,
-        comment=row.comment,
-        api_key_id=row.api_key_id,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        review_status=ReviewStatus(row.review_status),
-        reviewed_by=row.reviewed_by,
-        reviewed_at=row.reviewed_at,
-        review_note=row.review_note,
-    )
+    return Flag.model_validate(row, from_attributes=True)
 
 
 def add_feedback(

@@ -43,6 +43,19 @@ def _check(name: str, ok: bool, detail: str, **values: Any) -> dict[str, Any]:
     return {"name": name, "ok": bool(ok), "detail": detail, **values}
 
 
+def _bounded_change(
+    name: str, label: str, metric: str, new: dict[str, float], cur: dict[str, float], *, may: str, by: float
+) -> dict[str, Any]:
+    """The check that the candidate's ``metric`` does not ``may`` ("rise" or "fall") by more than ``by``."""
+    c, n = cur[metric], new[metric]
+    if may == "rise":
+        limit, ok = c + by, n <= c + by + 1e-12
+    else:
+        limit, ok = c - by, n >= c - by - 1e-12
+    detail = f"{label} {n:.3f} vs {c:.3f} now (may {may} by {by:.3f})"
+    return _check(name, ok, detail, candidate=n, current=c, limit=limit)
+
+
 def decide(metrics: dict[str, Any], gate: GateParams) -> dict[str, Any]:
     """The decision with one entry per check and the reasons in words."""
     cur = {k: float(_need(metrics, "frozen", "current", k)) for k in FROZEN_KEYS}
@@ -51,42 +64,21 @@ def decide(metrics: dict[str, Any], gate: GateParams) -> dict[str, Any]:
     reg_cur = int(_need(metrics, "regression", "current", "passed"))
     reg_new = int(_need(metrics, "regression", "candidate", "passed"))
 
-    checks = []
-    h_lim = cur["hallucination_rate"] + gate.max_hallucination_rise
-    checks.append(
-        _check(
+    checks = [
+        _bounded_change(
             "hallucination_rate",
-            new["hallucination_rate"] <= h_lim + 1e-12,
-            f"hallucination rate {new['hallucination_rate']:.3f} vs {cur['hallucination_rate']:.3f} now "
-            f"(may rise by {gate.max_hallucination_rise:.3f})",
-            candidate=new["hallucination_rate"],
-            current=cur["hallucination_rate"],
-            limit=h_lim,
-        )
-    )
-    o_lim = cur["over_refusal"] + gate.max_over_refusal_rise
-    checks.append(
-        _check(
-            "over_refusal",
-            new["over_refusal"] <= o_lim + 1e-12,
-            f"over-refusal {new['over_refusal']:.3f} vs {cur['over_refusal']:.3f} now "
-            f"(may rise by {gate.max_over_refusal_rise:.3f})",
-            candidate=new["over_refusal"],
-            current=cur["over_refusal"],
-            limit=o_lim,
-        )
-    )
-    f_lim = cur["f1"] - gate.max_f1_drop
-    checks.append(
-        _check(
-            "answer_f1",
-            new["f1"] >= f_lim - 1e-12,
-            f"answer F1 {new['f1']:.3f} vs {cur['f1']:.3f} now (may fall by {gate.max_f1_drop:.3f})",
-            candidate=new["f1"],
-            current=cur["f1"],
-            limit=f_lim,
-        )
-    )
+            "hallucination rate",
+            "hallucination_rate",
+            new,
+            cur,
+            may="rise",
+            by=gate.max_hallucination_rise,
+        ),
+        _bounded_change(
+            "over_refusal", "over-refusal", "over_refusal", new, cur, may="rise", by=gate.max_over_refusal_rise
+        ),
+        _bounded_change("answer_f1", "answer F1", "f1", new, cur, may="fall", by=gate.max_f1_drop),
+    ]
     answers_some = new["over_refusal"] < 1.0 or new["n_answerable"] == 0
     checks.append(
         _check(

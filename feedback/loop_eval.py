@@ -165,9 +165,7 @@ def evaluate(
         passed = 0
         for row, it, (text, conf) in zip(table, regression, outs, strict=True):
             refused = is_refusal(text) or (threshold is not None and conf >= threshold)
-            ok = regression_passes(
-                it, text, refused, lp.pairs.regression_min_f1, conf, lp.eval.refuse_min_confidence
-            )
+            ok = regression_passes(it, text, refused, lp.pairs.regression_min_f1, conf, lp.eval.refuse_min_confidence)
             passed += ok
             row[role] = {"answer": text, "refused": refused, "refusal_confidence": round(conf, 4), "passed": ok}
         reg[role] = {

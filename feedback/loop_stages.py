@@ -124,8 +124,6 @@ def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> 
     # with no adapter to start from, a KL to a zero LoRA is a KL to the base: leave the recipe's own choice
     anchor = lp.anchor_base_rows and init is not None
     cfg = train_config(params)
-    if anchor:
-        cfg.kl_tokens = "answerable"  # the flag anchor_base_rows re-aims (see loop_train.anchor_base_rows)
     return train_from(cfg, init, settings, progress=progress, anchor=anchor, base_ce_weight=lp.base_ce_weight)
 
 

@@ -57,12 +57,12 @@ def _check_feedback_kept(train_file: Path, examples: list[Any], max_length: int)
 def anchor_base_rows(examples: list[Any]) -> None:
     """Point the KL at every base row and at no feedback row.
 
-    The fine-tuning loss applies its KL to examples flagged ``answerable``
-    (``kl_tokens: answerable``); here that flag is re-aimed: a base row, answer
-    or refusal, is held near the adapter we start from (today's behaviour,
-    the snapshot teacher), while a feedback row is free to move (the change
-    the flags ask for). Without it a few steps on refusal-heavy data taught a
-    half-trained adapter to refuse 86% of answerable questions.
+    ``Encoded.answerable`` is what the batches carry to the loss; here it is
+    re-aimed to mean "base row": ``loop_loss`` holds every base row, answer or
+    refusal, near the adapter we start from (today's behaviour, the snapshot
+    teacher) while a feedback row is free to move (the change the flags ask
+    for). Without it a few steps on refusal-heavy data taught a half-trained
+    adapter to refuse 86% of answerable questions.
     """
     for e in examples:
         e.answerable = e.category not in FEEDBACK_CATEGORIES

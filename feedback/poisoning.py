@@ -33,6 +33,7 @@ from typing import Any
 from candor.errors import InvalidInputError
 from candor.feedback.loop_params import PoisoningParams
 from candor.feedback.pairs import flag_target
+from candor.jsonl import json_objects
 from candor.prompts import normalize_text
 
 NO_KEY = "(no key)"
@@ -43,22 +44,13 @@ VERDICTS = ("hallucination", "should_have_refused", "wrong_refusal", "correct")
 def read_flags(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``candor feedback export`` file, checked for the fields the loop needs."""
     rows = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InvalidInputError(f"{path}:{n}: expected a JSON object")
-            missing = [k for k in REQUIRED_FIELDS if k not in row]
-            if missing:
-                raise InvalidInputError(f"{path}:{n}: missing {missing} (is this a `candor feedback export` file?)")
-            if row["verdict"] not in VERDICTS:
-                raise InvalidInputError(f"{path}:{n}: unknown verdict {row['verdict']!r}")
-            rows.append(row)
+    for n, row in json_objects(path):
+        missing = [k for k in REQUIRED_FIELDS if k not in row]
+        if missing:
+            raise InvalidInputError(f"{path}:{n}: missing {missing} (is this a `candor feedback export` file?)")
+        if row["verdict"] not in VERDICTS:
+            raise InvalidInputError(f"{path}:{n}: unknown verdict {row['verdict']!r}")
+        rows.append(row)
     return rows
 
 

@@ -41,7 +41,11 @@ def test_workspace_merges_the_small_profile(tmp_path) -> None:
     ws = make_workspace(tmp_path / "ws", REPO_ROOT, "small")
     params = read_params(ws / "params.yaml")
     small = read_params(REPO_ROOT / "params.small.yaml")
-    assert params["loop"]["train"]["max_steps"] == small["loop"]["train"]["max_steps"]
+    assert params["loop"]["train"]["num_train_epochs"] == small["loop"]["train"]["num_train_epochs"]
+    assert (
+        params["loop"]["train"]["distill_lambda"]
+        == read_params(REPO_ROOT / "params.yaml")["loop"]["train"]["distill_lambda"]
+    )
     assert params["loop"]["eval"]["seed"] == read_params(REPO_ROOT / "params.yaml")["loop"]["eval"]["seed"]
     assert Path(params["build_data"]["source"]).is_absolute() and Path(params["loop"]["code_dir"]) == REPO_ROOT
     assert (ws / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
