@@ -5,7 +5,8 @@ model server) takes the API's environment from compose.yaml itself, so the file 
 only schema-checked. ``compose_service_env("api", "cpu", ports=...)`` returns that environment with
 Compose's ``${VAR:-default}`` interpolation resolved and every compose host (``postgres``,
 ``chroma``, ``model-server``, ...) rewritten to 127.0.0.1 and the port the test's own server
-listens on.
+listens on. ``compose_service_command`` gives a service's ``command`` with container paths
+rewritten the same way (the model server's ``--adapter refusal=/adapters/refusal``).
 
 What is modelled, after the Compose Specification: YAML merge keys (``<<``); interpolation
 (``$VAR``, ``${VAR}``, ``${VAR:-d}``, ``${VAR-d}``, ``${VAR:?e}``, ``${VAR?e}``, ``${VAR:+r}``,
@@ -20,6 +21,7 @@ Importable as ``deploy_env`` (tests/ is on sys.path, see tests/conftest.py).
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -257,6 +259,44 @@ def _rewrite_path(value: str, paths: Mapping[str, Path | str]) -> str:
     return value
 
 
+def _scope(variables: Mapping[str, str] | None, env_file: Path | None) -> dict[str, str]:
+    """The interpolation variables: the env file's uncommented values, then ``variables`` over them."""
+    scope = dict(read_env_file(env_file)) if env_file is not None else {}
+    scope.update(variables or {})
+    return scope
+
+
+def compose_service_command(
+    service_name: str,
+    profile: str | None,
+    *,
+    variables: Mapping[str, str] | None = None,
+    paths: Mapping[str, Path | str] | None = None,
+    compose_file: Path = COMPOSE_FILE,
+    env_file: Path | None = ENV_EXAMPLE,
+) -> list[str]:
+    """The ``command`` Compose runs ``service_name`` with, interpolated, for a local process.
+
+    Container paths are rewritten with ``paths`` (as in compose_service_env), both whole arguments
+    (``/models/base``) and the value of ``name=/path`` ones (``--adapter refusal=/adapters/refusal``).
+    The image's entrypoint is not part of it (``candor`` or ``candor-volumes``: the caller knows).
+    """
+    _, service = find_service(load_compose(compose_file), service_name, profile)
+    command = service.get("command") or []
+    if isinstance(command, str):
+        command = shlex.split(command)
+    scope = _scope(variables, env_file)
+    out: list[str] = []
+    for raw in command:
+        arg = interpolate(str(raw), scope)
+        name, sep, value = arg.partition("=")
+        if sep and value.startswith("/"):
+            out.append(name + sep + _rewrite_path(value, paths or {}))
+        else:
+            out.append(_rewrite_path(arg, paths or {}))
+    return out
+
+
 def compose_service_env(
     service_name: str,
     profile: str | None,
@@ -284,8 +324,7 @@ def compose_service_env(
     """
     compose = load_compose(compose_file)
     found, service = find_service(compose, service_name, profile)
-    scope = dict(read_env_file(env_file)) if env_file is not None else {}
-    scope.update(variables or {})
+    scope = _scope(variables, env_file)
     hosts = host_names(compose, profile)
     needed: set[str] = set()
     env: dict[str, str] = {}

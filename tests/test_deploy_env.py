@@ -9,6 +9,7 @@ import pytest
 from deploy_env import (
     LOOPBACK,
     ComposeError,
+    compose_service_command,
     compose_service_env,
     find_service,
     interpolate,
@@ -152,6 +153,17 @@ def test_other_services_resolve_too() -> None:
     assert migrate["CANDOR_DATABASE_URL"].startswith(f"postgresql+psycopg://candor:pw@{LOOPBACK}:55432/")
     server = compose_service_env("model-server", "cpu", variables={"CANDOR_MODEL_SERVER_THREADS": "1"})
     assert server["CANDOR_MODEL_SERVER_THREADS"] == "1" and server["CANDOR_BASE_MODEL_PATH"] == "/models/base"
+
+
+def test_commands_get_local_paths_for_whole_and_name_value_arguments(tmp_path: Path) -> None:
+    paths = {"/models": tmp_path / "m", "/models/base": tmp_path / "base", "/adapters": tmp_path / "a"}
+    server = compose_service_command("model-server", "cpu", paths=paths)
+    assert server == ["model-server", "--adapter", f"refusal={tmp_path / 'a' / 'refusal'}"]
+    vllm = compose_service_command("vllm", "vllm", paths=paths, variables={"VLLM_MAX_LORA_RANK": "8"})
+    assert vllm[0] == str(tmp_path / "base"), "the longest matching prefix wins"
+    assert "--max-lora-rank=8" in vllm and f"refusal={tmp_path / 'a' / 'refusal'}" in vllm
+    assert "--host=0.0.0.0" in vllm, "a name=value argument that is not a path stays as it is"
+    assert compose_service_command("migrate", None) == ["db", "upgrade"]
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu", "vllm"])

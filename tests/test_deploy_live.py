@@ -90,35 +90,6 @@ def test_api_env_reaches_a_real_chroma_server(chroma_server, settings, monkeypat
     assert not (tmp_path / "api-data" / "chroma").exists()
 
 
-@pytest.fixture
-def fresh_database(postgres_server_url: str) -> Iterator[dict[str, str | int]]:
-    """A new, empty database on the test server, and the compose variables that reach it."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    server = make_url(postgres_server_url)
-    name = f"candor_deploy_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # a configured but dead server is a failure, not a skip
-        admin.dispose()
-        pytest.fail(f"cannot create a database on the test Postgres: {exc}")
-    try:
-        yield {
-            "POSTGRES_USER": server.username or "postgres",
-            # The compose file requires one; the CI server trusts loopback and ignores it.
-            "POSTGRES_PASSWORD": server.password or "trust-auth-ignores-this",
-            "POSTGRES_DB": name,
-            "port": server.port or 5432,
-        }
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_migration_job_runs_against_postgres_with_the_compose_env(fresh_database, settings, tmp_path: Path) -> None:

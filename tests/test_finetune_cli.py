@@ -130,3 +130,37 @@ def test_eval_bad_input_is_a_clear_error(settings, tmp_path: Path, capsys) -> No
     params.write_text("train:\n  lerning_rate: 1\n")
     assert main(["finetune", "train", "--params", str(params)]) == 2
     assert "unknown keys" in capsys.readouterr().err
+
+
+def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path, monkeypatch) -> None:
+    """RAG mode: the paragraphs are ingested, each question goes through retrieval and the service's answer
+    core to a real model server over HTTP, and every answer is logged and split by retrieval outcome."""
+    import sqlite3
+
+    from candor.settings import get_settings
+
+    monkeypatch.setenv("CANDOR_BASE_MODEL_PATH", str(ft_base_model))
+    get_settings.cache_clear()
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=3)
+    write_tiny_squad(src, "dev", n_articles=2, first=3)
+    params = _params(tmp_path, ft_base_model, src, tmp_path / "data")
+    p = yaml.safe_load(params.read_text())
+    p["eval"]["rag"] = {"collection": "tiny-eval", "top_k": 2, "concurrency": 2, "also_ingest": ["train"]}
+    params.write_text(yaml.safe_dump(p))
+
+    out = tmp_path / "rag" / "eval.json"
+    code = main(["eval", "--params", str(params), "--mode", "rag", "-m", "base", "--out", str(out), "--no-progress"])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["mode"] == "rag" and res["config"]["collection"] == "tiny-eval"
+    assert res["config"]["ingest"]["new"] == 10  # 2 paragraphs per article, 3 train + 2 dev articles
+    base = res["models"]["base"]
+    n = base["model_only"]["n"]
+    assert n == 6  # the params' limit, a stratified sample of the 8 dev questions
+    assert sum(base["refusal_layers"].values()) == n
+    assert 0.0 < base["gold_retrieval_rate"] <= 1.0  # each question names its article: retrieval finds some
+    assert set(base["by_retrieval"]) <= {"gold retrieved", "gold missed"} and base["by_retrieval"]
+    with sqlite3.connect(out.parent / "eval-answers.db") as db:
+        logged = db.execute("SELECT count(*) FROM answers WHERE collection = 'tiny-eval'").fetchone()[0]
+    assert logged == n  # every answer went through the service's answer log
+    assert "end-to-end RAG" in out.with_suffix(".md").read_text()
