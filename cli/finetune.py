@@ -136,34 +136,15 @@ def eval_cmd(
     cal_limit = ev.get("calibration_limit", 600) if calibration_limit is None else calibration_limit
     if no_calibration:
         cal_limit = -1
+    common = {"source": source, "split": split, "limit": limit, "out": out, "progress": progress}
     if mode == "oracle":
         from candor.finetune.run_eval import run_oracle_eval
 
-        results = run_oracle_eval(
-            settings,
-            ev,
-            models,
-            source=source,
-            split=split,
-            limit=limit,
-            calibration_limit=cal_limit,
-            out=out,
-            progress=progress,
-        )
+        results = run_oracle_eval(settings, ev, models, calibration_limit=cal_limit, **common)
     else:
         from candor.finetune.rag import run_rag_eval
 
-        results = run_rag_eval(
-            settings,
-            ev,
-            models,
-            source=source,
-            split=split,
-            limit=limit,
-            collection=collection,
-            out=out,
-            progress=progress,
-        )
+        results = run_rag_eval(settings, ev, models, collection=collection, **common)
     for name, res in results["models"].items():
         m = res.get("at_threshold") or res["model_only"]
         typer.echo(

@@ -35,6 +35,23 @@ def _fmt(v, ci=None) -> str:
     return s
 
 
+def _grouped_rate_table(models: dict, field: str, heading: str, columns: list[str], rates: list[str]) -> list[str]:
+    """Markdown section with one row per (model, group) of ``models[*][field]``: the group's
+    size, then each of ``rates`` as a percentage. ``columns`` names the group column, then the
+    rate columns. Empty when no model has ``field``."""
+    per_model = {n: m.get(field) for n, m in models.items() if m.get(field)}
+    if not per_model:
+        return []
+    header = ["model", columns[0], "n", *columns[1:]]
+    lines = [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n, groups in per_model.items():
+        for group, v in groups.items():
+            cells = [n, group, str(v["n"]), *(_fmt(v[r]) for r in rates)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def merge_results(paths: list[Path]) -> dict:
     merged: dict = {"config": {}, "models": {}}
     for p in paths:
@@ -69,36 +86,20 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
                 cells.append(_fmt(m.get(metric), m.get("ci95", {}).get(metric)))
             lines.append(f"| {mlabel} | " + " | ".join(cells) + " |")
         lines.append("")
-    extra = {n: models[n].get("extra_categories") for n in names if models[n].get("extra_categories")}
-    if extra:
-        lines += [
-            "## Derived categories (refusal is right for all of them)",
-            "",
-            "| model | category | n | refused, model only | refused, at threshold |",
-            "|---|---|---|---|---|",
-        ]
-        for n, cats in extra.items():
-            for cat, v in cats.items():
-                lines.append(
-                    f"| {n} | {cat} | {v['n']} | {_fmt(v['refused_rate_model_only'])} | "
-                    f"{_fmt(v['refused_rate_at_threshold'])} |"
-                )
-        lines.append("")
-    split = {n: models[n].get("by_retrieval") for n in names if models[n].get("by_retrieval")}
-    if split:
-        lines += [
-            "## End-to-end, split by whether retrieval found the gold paragraph",
-            "",
-            "| model | gold retrieved | n | hallucination | over-refusal | answered-F1 | refused |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for n, groups in split.items():
-            for g, m in groups.items():
-                lines.append(
-                    f"| {n} | {g} | {m['n']} | {_fmt(m['hallucination_rate'])} | {_fmt(m['over_refusal'])} | "
-                    f"{_fmt(m['answered_f1'])} | {_fmt(m['refused_rate'])} |"
-                )
-        lines.append("")
+    lines += _grouped_rate_table(
+        models,
+        "extra_categories",
+        "Derived categories (refusal is right for all of them)",
+        ["category", "refused, model only", "refused, at threshold"],
+        ["refused_rate_model_only", "refused_rate_at_threshold"],
+    )
+    lines += _grouped_rate_table(
+        models,
+        "by_retrieval",
+        "End-to-end, split by whether retrieval found the gold paragraph",
+        ["gold retrieved", "hallucination", "over-refusal", "answered-F1", "refused"],
+        ["hallucination_rate", "over_refusal", "answered_f1", "refused_rate"],
+    )
     probe = {n: models[n].get("probe") for n in names if models[n].get("probe")}
     if probe:
         lines += ["## General-knowledge probe (no context, neutral prompt)", "", "| model | correct |", "|---|---|"]

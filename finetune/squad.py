@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.jsonl import json_objects
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,7 @@ class Corpus:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InvalidInputError(f"{path}:{n}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return [row for _, row in json_objects(path)]
 
 
 def _need(row: dict, key: str, where: str) -> object:

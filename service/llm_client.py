@@ -286,6 +286,11 @@ class LLMClient:
             )
         return LLMUnavailable(f"cannot reach the generation server at {where}: {message}")
 
+    def _mid_stream_error(self, exc: Exception) -> Exception:
+        """The typed error for a failure after the stream started: too late to retry."""
+        mapped = self._map_error(exc)
+        return mapped.error if isinstance(mapped, _Retryable) else mapped
+
     async def _get_json(self, path: str) -> dict[str, Any]:
         import httpx
 
@@ -317,16 +322,7 @@ class LLMClient:
         if r.messages is not None:
             return await self._tgi_chat_once(r)
         async with self._hf_client() as client:
-            out = await client.text_generation(
-                r.prompt,
-                details=True,
-                max_new_tokens=r.max_new_tokens,
-                stop=r.stop or None,
-                adapter_id=r.adapter_id,
-                top_n_tokens=r.top_n_tokens or None,
-                do_sample=r.seed is not None,
-                seed=r.seed,
-            )
+            out = await client.text_generation(r.prompt, details=True, **_tgi_options(r))
         details = out.details
         top = _first_top(getattr(details, "top_tokens", None))
         return Generation(
@@ -369,17 +365,7 @@ class LLMClient:
             return await self._open_openai_stream(r)
         client = self._hf_client()
         try:
-            events = await client.text_generation(
-                r.prompt,
-                details=True,
-                stream=True,
-                max_new_tokens=r.max_new_tokens,
-                stop=r.stop or None,
-                adapter_id=r.adapter_id,
-                top_n_tokens=r.top_n_tokens or None,
-                do_sample=r.seed is not None,
-                seed=r.seed,
-            )
+            events = await client.text_generation(r.prompt, details=True, stream=True, **_tgi_options(r))
         except BaseException:
             await client.close()
             raise
@@ -410,8 +396,7 @@ class LLMClient:
         except LLMError:
             raise
         except Exception as exc:
-            mapped = self._map_error(exc)
-            raise (mapped.error if isinstance(mapped, _Retryable) else mapped) from exc
+            raise self._mid_stream_error(exc) from exc
         finally:
             await client.close()
 
@@ -468,14 +453,9 @@ class LLMClient:
         data = response.json()
         choice = (data.get("choices") or [{}])[0]
         use = data.get("usage") or {}
-        if r.messages is not None:
-            text = (choice.get("message") or {}).get("content") or ""
-            content = (choice.get("logprobs") or {}).get("content") or []
-            top = [(t["token"], float(t["logprob"])) for t in content[0].get("top_logprobs", [])] if content else []
-        else:
-            text = choice.get("text") or ""
-            tops = (choice.get("logprobs") or {}).get("top_logprobs") or []
-            top = sorted(((t, float(lp)) for t, lp in tops[0].items()), key=lambda x: -x[1]) if tops else []
+        chat = r.messages is not None
+        text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
+        top = _openai_top(choice.get("logprobs") or {}, chat)
         reason = _from_openai_reason(choice.get("finish_reason"), choice.get("stop_reason"))
         return Generation(
             text=_cut_stop(text, r.stop, reason),
@@ -543,8 +523,7 @@ class LLMClient:
         except LLMError:
             raise
         except Exception as exc:
-            mapped = self._map_error(exc)
-            raise (mapped.error if isinstance(mapped, _Retryable) else mapped) from exc
+            raise self._mid_stream_error(exc) from exc
         finally:
             await response.aclose()
             await client.aclose()
@@ -641,6 +620,18 @@ def _top_list(top_tokens: Any) -> list[tuple[str, float]]:
         if text is not None and logprob is not None:
             out.append((str(text), float(logprob)))
     return sorted(out, key=lambda x: -x[1])
+
+
+def _tgi_options(r: _Request) -> dict[str, Any]:
+    """The sampling and adapter options of TGI's text_generation, streamed or not."""
+    return {
+        "max_new_tokens": r.max_new_tokens,
+        "stop": r.stop or None,
+        "adapter_id": r.adapter_id,
+        "top_n_tokens": r.top_n_tokens or None,
+        "do_sample": r.seed is not None,
+        "seed": r.seed,
+    }
 
 
 def _first_top(top_tokens: Any) -> list[tuple[str, float]]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from candor.prompts import is_refusal, normalize_text
+from candor.stopwords import FUNCTION_WORDS
 
 RETRIEVAL_GATE = "retrieval_gate"
 MODEL = "model"
@@ -24,93 +25,7 @@ THRESHOLD = "threshold"
 GROUNDING = "grounding"
 
 # Words that carry no evidence: an answer is grounded by its content words.
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "for",
-        "from",
-        "by",
-        "with",
-        "and",
-        "or",
-        "but",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "as",
-        "into",
-        "than",
-        "then",
-        "there",
-        "their",
-        "they",
-        "he",
-        "she",
-        "his",
-        "her",
-        "him",
-        "them",
-        "we",
-        "you",
-        "your",
-        "our",
-        "i",
-        "me",
-        "my",
-        "not",
-        "no",
-        "do",
-        "does",
-        "did",
-        "has",
-        "have",
-        "had",
-        "which",
-        "who",
-        "whom",
-        "what",
-        "when",
-        "where",
-        "why",
-        "how",
-        "about",
-        "over",
-        "under",
-        "after",
-        "before",
-        "also",
-        "so",
-        "such",
-        "can",
-        "could",
-        "would",
-        "should",
-        "may",
-        "might",
-        "will",
-        "shall",
-        "one",
-        "ones",
-        "s",
-    ]
-)
+_STOPWORDS = FUNCTION_WORDS | {"after", "before", "also", "one", "ones"}
 
 
 @dataclass(frozen=True)

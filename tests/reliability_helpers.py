@@ -162,6 +162,32 @@ def settings_env(**values: Any) -> dict[str, str]:
     return {f"CANDOR_{k.upper()}": str(v) for k, v in values.items() if v is not None}
 
 
+def serve_env(data_dir: Path, chroma_path: Path, base_model_dir: Path, llm_url: str, **values: Any) -> dict[str, str]:
+    """``settings_env`` of an API over ``data_dir`` and ``chroma_path`` using the model server at ``llm_url``."""
+    return settings_env(
+        data_dir=data_dir, chroma_path=chroma_path, base_model_path=base_model_dir, llm_url=llm_url, **values
+    )
+
+
+def trusted_key_header(data_dir: Path, name: str, role: str = "user") -> dict[str, str]:
+    """Migrate the answer log under ``data_dir``, create a trusted key there; its Authorization header."""
+    from candor.feedback.store import AnswerStore
+    from candor.settings import load_settings
+
+    store = AnswerStore(load_settings(data_dir=data_dir))
+    try:
+        store.migrate()
+        _, secret = store.create_key(name, role=role, trusted=True)
+    finally:
+        store.close()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def sqlite_log_url(data_dir: Path) -> str:
+    """The database URL of the default SQLite answer log under ``data_dir``."""
+    return f"sqlite:///{(data_dir / 'candor.db').resolve()}"
+
+
 def harness_on(tmp_path: Path, chroma_path: Path, llm_url: str, base_model_dir: Path, shared: Any, **extra: Any):
     """Like fixtures.api.make_harness, but over a Chroma folder of the test's own.
 

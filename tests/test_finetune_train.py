@@ -36,6 +36,23 @@ def _tiny_train_file(path: Path) -> Path:
     return path
 
 
+def _tiny_run(tmp_path: Path, base_model: Path, **knobs) -> dict:
+    """TrainConfig fields of a run in tmp_path/run on the tiny dataset, logging every step; ``knobs`` add the rest."""
+    return dict(
+        output_dir=str(tmp_path / "run"),
+        train_file=str(_tiny_train_file(tmp_path / "train.jsonl")),
+        base_model_path=str(base_model),
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        **knobs,
+    )
+
+
+def _train_log(tmp_path: Path) -> list[dict]:
+    """The per-step records of the run in tmp_path/run."""
+    return [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+
+
 def test_labels_cover_answer_and_end_token_only(ft_base_model: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -50,29 +67,27 @@ def test_labels_cover_answer_and_end_token_only(ft_base_model: Path) -> None:
 
 
 def test_few_steps_lower_loss_and_write_a_loadable_adapter(ft_base_model: Path, settings, tmp_path: Path) -> None:
-    train_file = _tiny_train_file(tmp_path / "train.jsonl")
     cfg = TrainConfig(
-        output_dir=str(tmp_path / "run"),
-        train_file=str(train_file),
-        base_model_path=str(ft_base_model),
-        quantization="nf4",
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        max_steps=6,
-        learning_rate=2e-3,
-        warmup_steps=0,
-        lr_scheduler_type="constant",
-        lora_dropout=0.0,
-        lora_r=8,
-        lora_alpha=16,
-        save_steps=3,
-        logging_steps=1,
-        distill_lambda=0.5,
-        kl_tokens="answerable",
+        **_tiny_run(
+            tmp_path,
+            ft_base_model,
+            quantization="nf4",
+            per_device_train_batch_size=4,
+            max_steps=6,
+            learning_rate=2e-3,
+            warmup_steps=0,
+            lr_scheduler_type="constant",
+            lora_dropout=0.0,
+            lora_r=8,
+            lora_alpha=16,
+            save_steps=3,
+            distill_lambda=0.5,
+            kl_tokens="answerable",
+        )
     )
     summary = train(cfg, settings, progress=False)
     assert summary["precision"] == "nf4" and summary["steps"] == 6
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = _train_log(tmp_path)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert log[-1]["ce"] < 0.5 * log[0]["ce"]
     assert all("kl" in r for r in log) and log[-1]["kl"] >= 0.0
@@ -104,16 +119,12 @@ def test_few_steps_lower_loss_and_write_a_loadable_adapter(ft_base_model: Path, 
 
 
 def test_resume_continues_from_the_newest_checkpoint(ft_base_model: Path, settings, tmp_path: Path) -> None:
-    train_file = _tiny_train_file(tmp_path / "train.jsonl")
-    common = dict(
-        output_dir=str(tmp_path / "run"),
-        train_file=str(train_file),
-        base_model_path=str(ft_base_model),
+    common = _tiny_run(
+        tmp_path,
+        ft_base_model,
         quantization="none",
         per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
         save_steps=1,
-        logging_steps=1,
         lora_r=4,
         lora_alpha=8,
         teacher="snapshot",
@@ -125,7 +136,7 @@ def test_resume_continues_from_the_newest_checkpoint(ft_base_model: Path, settin
     assert first["steps"] == 2
     second = train(TrainConfig(max_steps=3, **common), settings, progress=False)
     assert second["steps"] == 3
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = _train_log(tmp_path)
     assert [r["step"] for r in log] == [1, 2, 3]  # step 3 appended after the resume, nothing redone
     assert log[-1]["tokens"] > log[1]["tokens"]
     assert "kl" in log[-1]  # the snapshot teacher survived the resume

@@ -24,10 +24,12 @@ from reliability_helpers import (
     count_rows,
     orphan_chunks,
     running_api,
-    settings_env,
+    serve_env,
+    sqlite_log_url,
     sse_blocks,
     start_api,
     start_model_server_on,
+    trusted_key_header,
 )
 
 pytestmark = pytest.mark.slow
@@ -37,30 +39,18 @@ ANSWERABLE = "Which embedding model does Candor use?"
 OFF_TOPIC = "What is the boiling point of mercury in kelvin?"
 
 
-def make_key(data_dir, role: str = "user") -> str:
-    from candor.feedback.store import AnswerStore
-    from candor.settings import load_settings
-
-    store = AnswerStore(load_settings(data_dir=data_dir))
-    store.migrate()
-    _, secret = store.create_key(role, role=role, trusted=True)
-    store.close()
-    return secret
-
-
 def test_model_server_killed_mid_stream(tmp_path, handbook_chroma, base_model_dir):
     import httpx
 
     port = free_port()
     server = start_model_server_on(port, base_model_dir, tmp_path / "ms1")
     data_dir = tmp_path / "var"
-    secret = make_key(data_dir)
-    hdr = {"Authorization": f"Bearer {secret}"}
-    env = settings_env(
-        data_dir=data_dir,
-        chroma_path=handbook_chroma,
-        base_model_path=base_model_dir,
-        llm_url=server.url,
+    hdr = trusted_key_header(data_dir, "user")
+    env = serve_env(
+        data_dir,
+        handbook_chroma,
+        base_model_dir,
+        server.url,
         llm_retries=0,
         max_new_tokens=400,
         grounding_enforce=False,  # tokens stream as they come (nothing held back)
@@ -83,7 +73,7 @@ def test_model_server_killed_mid_stream(tmp_path, handbook_chroma, base_model_di
             error = events[-1][1]
             assert error["status"] == 503 and error["error"], error
 
-            rows = count_rows(f"sqlite:///{(data_dir / 'candor.db').resolve()}")
+            rows = count_rows(sqlite_log_url(data_dir))
             assert rows["failed"] == 1 and rows["answers"] == 1, rows
 
             ready = client.get("/readyz")
@@ -99,7 +89,7 @@ def test_model_server_killed_mid_stream(tmp_path, handbook_chroma, base_model_di
             assert again.status_code == 200, again.text
             assert again.json()["timings_ms"]["generation"] > 0
             assert client.get("/readyz").status_code == 200
-            rows = count_rows(f"sqlite:///{(data_dir / 'candor.db').resolve()}")
+            rows = count_rows(sqlite_log_url(data_dir))
             assert rows["failed"] == 2 and rows["answers"] == 3, rows
     finally:
         server.stop()
@@ -110,7 +100,6 @@ def test_model_server_killed_mid_stream(tmp_path, handbook_chroma, base_model_di
 def _integrity(data_dir) -> None:
     import sqlite3
 
-    url = f"sqlite:///{(data_dir / 'candor.db').resolve()}"
     with sqlite3.connect(data_dir / "candor.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         incomplete = conn.execute(
@@ -118,20 +107,19 @@ def _integrity(data_dir) -> None:
             "OR (status = 'failed' AND error IS NULL)"
         ).fetchone()[0]
         assert incomplete == 0
-    assert orphan_chunks(url) == 0
+    assert orphan_chunks(sqlite_log_url(data_dir)) == 0
 
 
 def test_api_killed_mid_request_leaves_no_half_written_rows(tmp_path, handbook_chroma, model_server, base_model_dir):
     import httpx
 
     data_dir = tmp_path / "var"
-    secret = make_key(data_dir)
-    hdr = {"Authorization": f"Bearer {secret}"}
-    env = settings_env(
-        data_dir=data_dir,
-        chroma_path=handbook_chroma,
-        base_model_path=base_model_dir,
-        llm_url=model_server.url,
+    hdr = trusted_key_header(data_dir, "user")
+    env = serve_env(
+        data_dir,
+        handbook_chroma,
+        base_model_dir,
+        model_server.url,
         llm_retries=0,
         max_new_tokens=48,
         rate_limit_per_minute=100_000,
@@ -163,7 +151,7 @@ def test_api_killed_mid_request_leaves_no_half_written_rows(tmp_path, handbook_c
                 f.result()
         assert 0 < len(acked) < 24, f"{len(acked)} acknowledged: the kill must land mid-run"
         _integrity(data_dir)
-        before = count_rows(f"sqlite:///{(data_dir / 'candor.db').resolve()}")
+        before = count_rows(sqlite_log_url(data_dir))
         assert before["answers"] >= len(acked)
 
         api = start_api(tmp_path / "api2", env)
@@ -177,7 +165,7 @@ def test_api_killed_mid_request_leaves_no_half_written_rows(tmp_path, handbook_c
         store.close()
         r = httpx.post(api.url + "/v1/chat", json={"question": OFF_TOPIC, "collection": COLLECTION}, headers=hdr)
         assert r.status_code == 200, r.text
-        after = count_rows(f"sqlite:///{(data_dir / 'candor.db').resolve()}")
+        after = count_rows(sqlite_log_url(data_dir))
         assert after["answers"] == before["answers"] + 1
         _integrity(data_dir)
     finally:
@@ -218,13 +206,12 @@ def test_api_killed_mid_ingest_then_rerun_converges(tmp_path, base_model_dir):
 
     docs = _docs(int(os.environ.get("CANDOR_TEST_CRASH_DOCS", "160")))
     data_dir = tmp_path / "var"
-    secret = make_key(data_dir, role="admin")
-    hdr = {"Authorization": f"Bearer {secret}"}
-    env = settings_env(
-        data_dir=data_dir,
-        chroma_path=data_dir / "chroma",
-        base_model_path=base_model_dir,
-        llm_url="http://127.0.0.1:9",
+    hdr = trusted_key_header(data_dir, "admin", role="admin")
+    env = serve_env(
+        data_dir,
+        data_dir / "chroma",
+        base_model_dir,
+        "http://127.0.0.1:9",
         ingest_batch_docs=8,
         max_request_bytes=10_000_000,
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from fixtures.api import COLLECTION
-from reliability_helpers import count_rows, running_api, settings_env
+from reliability_helpers import count_rows, running_api, serve_env, trusted_key_header
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +62,8 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
 
 
-async def client_loop(client, secret: str, deadline: float, tally: Tally, seed: int, generate: bool) -> None:
+async def client_loop(client, headers: dict, deadline: float, tally: Tally, seed: int, generate: bool) -> None:
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {secret}"}
     acks = 0
     while time.monotonic() < deadline:
         question = rng.choice(ANSWERABLE if generate else OFF_TOPIC)
@@ -94,14 +93,16 @@ async def client_loop(client, secret: str, deadline: float, tally: Tally, seed: 
                 tally.server_errors.append(f"flag {f.status_code}: {f.text[:200]}")
 
 
-async def drive(url: str, secret: str) -> Tally:
+async def drive(url: str, headers: dict) -> Tally:
     import httpx
 
     tally = Tally()
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as client:
         deadline = time.monotonic() + SECONDS
-        await asyncio.gather(*(client_loop(client, secret, deadline, tally, i, i < GENERATORS) for i in range(CLIENTS)))
+        await asyncio.gather(
+            *(client_loop(client, headers, deadline, tally, i, i < GENERATORS) for i in range(CLIENTS))
+        )
     return tally
 
 
@@ -111,22 +112,19 @@ def test_fifty_clients_lose_nothing(tmp_path, handbook_chroma, model_server, bas
 
     data_dir = tmp_path / "var"
     settings = load_settings(data_dir=data_dir)
-    store = AnswerStore(settings)
-    store.migrate()
-    _, secret = store.create_key("load", role="user", trusted=True)
-    store.close()
-    env = settings_env(
-        data_dir=data_dir,
-        chroma_path=handbook_chroma,
-        base_model_path=base_model_dir,
-        llm_url=model_server.url,
+    headers = trusted_key_header(data_dir, "load")
+    env = serve_env(
+        data_dir,
+        handbook_chroma,
+        base_model_dir,
+        model_server.url,
         llm_retries=1,
         max_new_tokens=24,
         rate_limit_per_minute=1_000_000,
     )
     with running_api(tmp_path / "api", env) as api:
         started = time.monotonic()
-        tally = asyncio.run(drive(api.url, secret))
+        tally = asyncio.run(drive(api.url, headers))
         wall = time.monotonic() - started
         log = api.log()
 
@@ -163,21 +161,17 @@ def test_over_capacity_is_503_with_retry_after_never_500(
     """A model server that takes 2 requests at a time, 8 concurrent questions: the rest are 503 + Retry-After."""
     import httpx
 
-    from candor.feedback.store import AnswerStore
     from candor.settings import load_settings
 
     small = model_server_factory(args=["--max-concurrent-requests", "2", "--max-batch-size", "2"])
     data_dir = tmp_path / "var"
     settings = load_settings(data_dir=data_dir)
-    store = AnswerStore(settings)
-    store.migrate()
-    _, secret = store.create_key("burst", role="user", trusted=True)
-    store.close()
-    env = settings_env(
-        data_dir=data_dir,
-        chroma_path=handbook_chroma,
-        base_model_path=base_model_dir,
-        llm_url=small.url,
+    headers = trusted_key_header(data_dir, "burst")
+    env = serve_env(
+        data_dir,
+        handbook_chroma,
+        base_model_dir,
+        small.url,
         llm_retries=0,
         max_new_tokens=32,
         rate_limit_per_minute=1_000_000,
@@ -186,7 +180,6 @@ def test_over_capacity_is_503_with_retry_after_never_500(
     async def burst(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=180) as client:
             body = {"question": ANSWERABLE[0], "collection": COLLECTION}
-            headers = {"Authorization": f"Bearer {secret}"}
             return await asyncio.gather(*(client.post("/v1/chat", json=body, headers=headers) for _ in range(8)))
 
     with running_api(tmp_path / "api", env) as api:
