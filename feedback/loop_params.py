@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from candor.errors import InvalidInputError, NotFoundError
+from candor.errors import InvalidInputError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -169,20 +169,6 @@ class LoopPaths:
         return self.root / "decision.json"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.exists():
-        raise NotFoundError(f"params file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path}: expected a mapping of sections")
-    return data
-
-
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` on top of ``base``: mappings merge key by key, anything else replaces."""
     out = dict(base)
@@ -195,7 +181,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    return _read_yaml(Path(path))
+    from candor.finetune.params import load_params
+
+    return load_params(Path(path))
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
