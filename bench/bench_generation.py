@@ -158,7 +158,14 @@ def peak_rss_mb(pid: int) -> float | None:
 def metrics_snapshot(url: str) -> dict[str, float]:
     import httpx
 
-    wanted = ("candor_model_max_batch_rows", "candor_model_decode_steps_total", "candor_model_decode_rows_total")
+    wanted = (
+        "candor_model_max_batch_rows",
+        "candor_model_decode_steps_total",
+        "candor_model_decode_rows_total",
+        "candor_model_prefills_total",
+        "candor_model_prefill_passes_total",
+        "candor_model_max_prefill_rows",
+    )
     out = {}
     for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")

@@ -12,7 +12,8 @@ embedded server (transformers, the GGUF dequantised to bf16) is from it, as rati
   ``Llama`` object serves one request at a time (as llama-cpp-python's own server does with one
   model), so N clients queue behind a lock: their total tok/s is what that server would give.
 Both see the same rendered chat-template prompts (~400 tokens of SQuAD context) and stop at
---new-tokens or end of sequence; rates count the tokens actually produced. Threads are the same
+--new-tokens or end of sequence; rates count the tokens actually produced. Every llama.cpp request
+starts from an empty KV cache (``Llama.reset()``), as every embedded request does: no prefix reuse. Threads are the same
 for both. Nothing is asserted: this writes JSON and prints the ratios.
 """
 
@@ -39,10 +40,16 @@ from bench_generation import build_prompts, concurrent, peak_rss_mb, single_stre
 
 
 def llama_stream_once(llm: Any, prompt: str, new_tokens: int) -> dict[str, float]:
+    # Forget the previous request's tokens: llama-cpp-python otherwise reuses the longest common prefix
+    # of its KV cache (the warm-up prompt again: TTFT 0.01 s), and the embedded server has no prefix cache.
+    llm.reset()
     started = time.perf_counter()
     first = last = None
     tokens = 0
-    for _chunk in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, top_k=1, stream=True):
+    for chunk in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, top_k=1, stream=True):
+        choice = chunk["choices"][0]
+        if choice["finish_reason"] is not None and not choice["text"]:
+            continue  # the closing chunk carries no token (counting it flattered llama.cpp by 1/64 before)
         now = time.perf_counter()
         first = first or now
         last = now
@@ -166,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "cpu_count": os.cpu_count(),
             "load_avg_1m_before": round(os.getloadavg()[0], 2),
+            "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the server inherits it
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "python": platform.python_version(),
         },
         "model_file": gguf.name,
@@ -207,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     report["llama_cpp"] = llama
     report["ratios"] = ratios(embedded, llama)
     report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    report["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for name, r in (("embedded", embedded), ("llama.cpp", llama)):

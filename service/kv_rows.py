@@ -3,9 +3,10 @@
 A running batch keeps one transformers ``DynamicCache`` whose tensors are
 ``(rows, kv_heads, columns, head_dim)`` plus a 2-D attention mask
 ``(rows, columns)``. Sequences have different lengths, so each row is padded
-on the left (mask 0). A new request is prefilled alone and then joined to the
-batch; a finished request's row is dropped; columns that have become padding
-in every row are trimmed so attention does not keep paying for them.
+on the left (mask 0). New requests are prefilled together, left-padded to the
+longest prompt, then joined to the batch; a finished request's row is
+dropped; columns that have become padding in every row are trimmed so
+attention does not keep paying for them.
 """
 
 from __future__ import annotations

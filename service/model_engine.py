@@ -1,12 +1,16 @@
 """The embedded server's engine: the model, its adapters, and continuous batching.
 
 One worker thread owns the model. Requests wait in a queue; each turn of the
-worker's loop prefills at most one waiting request (alone, so prompts of
-different lengths pay no padding) and joins it to the running batch of its
-adapter, then advances every running batch by one token. Finished rows leave
-after any step. So a request never waits for another to finish, and the cost
-of a decode step, which on this CPU is mostly per-layer overhead, is shared by
-all the rows in the batch: total tokens/s grows with the number of clients.
+worker's loop takes the waiting requests that fit (free rows in the batch, the
+same weights, at most ``PREFILL_TOKEN_BUDGET`` padded prompt tokens), prefills
+them together in one forward pass, left-padded to the longest prompt, joins
+them to the running batch of their adapter, then advances every running batch
+by one token. Finished rows leave after any step. So a request never waits for
+another to finish, and the fixed cost of a forward pass (per-layer overhead,
+small matrix products) is shared by all its rows: for decode steps, and for
+prefill passes of short prompts, total tokens/s grows with the number of
+clients. A long prompt saturates the CPU on its own, so it is prefilled alone
+(see PREFILL_TOKEN_BUDGET).
 
 Each adapter is served from its own merged copy of the weights (see
 ``adapters.py``), so a batch holds requests of one adapter, and batches of
@@ -40,6 +44,13 @@ from candor.service.model_prep import is_model_dir, read_model_identity
 from candor.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Padded prompt tokens (rows x longest prompt) in one prefill pass; a single prompt is always taken,
+# whatever its length. Measured on the 2-core CPU, 1 thread, bf16 (bench/bench_prefill.py --sweep):
+# a pass of 32 tokens runs at ~580 prompt tok/s, 8 such prompts together at ~1,300; from a few
+# hundred tokens on a pass is compute-bound (~800-1,300 tok/s whatever its shape), so batching
+# longer prompts only adds padding and makes the first of them wait for the last.
+PREFILL_TOKEN_BUDGET = 512
 
 
 class EngineNotReady(UnavailableError):
@@ -117,7 +128,9 @@ class EngineStats:
     decode_steps: int = 0
     decode_rows: int = 0  # sum of batch sizes over decode steps
     max_batch_rows: int = 0
-    prefills: int = 0
+    prefills: int = 0  # prompts prefilled
+    prefill_passes: int = 0  # forward passes that prefilled them
+    max_prefill_rows: int = 0  # most prompts in one pass
     generated_tokens: int = 0
     running_rows: int = 0
     queued: int = 0
@@ -190,6 +203,8 @@ class ModelEngine:
         self._worker: threading.Thread | None = None
         self._eos_ids: set[int] = set()
         self._special_ids: set[int] = set()
+        self._pad_id = 0  # any real id: padded positions are masked out
+        self.prefill_token_budget = PREFILL_TOKEN_BUDGET
 
     # --- start-up ------------------------------------------------------------------
 
@@ -272,6 +287,8 @@ class ModelEngine:
             eos_ids.add(self.tokenizer.eos_token_id)
         self._eos_ids = eos_ids
         self._special_ids = set(self.tokenizer.all_special_ids)
+        if self.tokenizer.pad_token_id is not None:
+            self._pad_id = self.tokenizer.pad_token_id
         self._base = _Served(model=model, info=None)
 
     def _build_adapter(self, spec: AdapterSpec, info: AdapterInfo) -> _Served:
@@ -360,13 +377,11 @@ class ModelEngine:
                     if self._stop:
                         self._fail_all("the model server is shutting down", "unhealthy")
                         return
-                    job = None
-                    if self._pending and self._running_rows() < self.settings.max_batch_size:
-                        job = self._pending.popleft()
+                    waiting = self._take_waiting()
                     self.stats.queued = len(self._pending)
                 try:
-                    if job is not None and not job.handle.cancelled:
-                        self._prefill(job)
+                    if waiting:
+                        self._prefill(waiting)
                     for cohort in list(self._cohorts):
                         self._step(cohort)
                 except Exception:  # never let the worker die; the failing rows were told
@@ -389,48 +404,108 @@ class ModelEngine:
             log.debug("dropping an event for a closed request", exc_info=True)
             pending.handle.cancel()
 
-    def _prefill(self, pending: _Pending) -> None:
+    def _take_waiting(self) -> list[_Pending]:
+        """The next prefill pass, taken off the queue (under the lock).
+
+        Waiting requests in arrival order, while they fit in the batch's free rows and the padded
+        token budget and want the same weights as the first; cancelled ones are dropped. A request
+        that wants the prompt's logprobs (``prefill_details``) goes alone: it needs every position's
+        logits, the others only the last one's.
+        """
+        room = self.settings.max_batch_size - self._running_rows()
+        taken: list[_Pending] = []
+        width = 0
+        while self._pending and len(taken) < room:
+            nxt = self._pending[0]
+            if nxt.handle.cancelled:
+                self._pending.popleft()
+                continue
+            if taken:
+                first = taken[0]
+                if nxt.served is not first.served or nxt.job.prefill_details or first.job.prefill_details:
+                    break
+                if max(width, len(nxt.job.input_ids)) * (len(taken) + 1) > self.prefill_token_budget:
+                    break
+            taken.append(self._pending.popleft())
+            width = max(width, len(nxt.job.input_ids))
+        return taken
+
+    def _prefill(self, batch: list[_Pending]) -> None:
+        """Prefill ``batch`` (requests of one set of weights) in one forward pass, then join the batch.
+
+        Prompts are left-padded to the longest, so every row's last position is its last prompt
+        token; the mask hides the padding and the positions count real tokens only, so each row
+        sees exactly what it would see alone. The padded cache is the shape the running batch keeps.
+        """
         import torch
         from transformers import DynamicCache
 
         from candor.service import kv_rows
+
+        served = batch[0].served
+        lengths = [len(p.job.input_ids) for p in batch]
+        width = max(lengths)
+        details = any(p.job.prefill_details for p in batch)
+        try:
+            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, (pending, n) in enumerate(zip(batch, lengths, strict=True)):
+                ids[i, width - n :] = torch.tensor(pending.job.input_ids, dtype=torch.long)
+                mask[i, width - n :] = 1
+            cache = DynamicCache()
+            out = served.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=0 if details else 1,
+            )
+        except Exception as exc:
+            log.exception("prefill failed")
+            for pending in batch:
+                self._emit(pending, ErrorEvent(f"Request failed during generation: {exc}"))
+            return
+        self.stats.prefill_passes += 1
+        self.stats.max_prefill_rows = max(self.stats.max_prefill_rows, len(batch))
+        rows, keep = [], []
+        for i, (pending, n) in enumerate(zip(batch, lengths, strict=True)):
+            prompt_logits = out.logits[i, width - n :] if pending.job.prefill_details else None
+            row = self._start_row(pending, out.logits[i, -1], prompt_logits)
+            if row is not None and not row.done:
+                rows.append(row)
+                keep.append(i)
+        kv = kv_rows.keep_rows(kv_rows.BatchKV(cache=cache, mask=mask), keep)
+        if kv is None:
+            return
+        for cohort in self._cohorts:
+            if cohort.served is served:
+                cohort.kv = kv_rows.join(cohort.kv, kv)
+                cohort.rows.extend(rows)
+                return
+        self._cohorts.append(_Cohort(served=served, rows=rows, kv=kv))
+
+    def _start_row(self, pending: _Pending, last_logits: Any, prompt_logits: Any | None) -> _Row | None:
+        """A prefilled request's row, its first token chosen and sent; None if that failed (the client is told)."""
         from candor.service.sampling import TokenChooser
         from candor.service.token_text import IncrementalDetokenizer
 
         job = pending.job
         try:
-            ids = torch.tensor([job.input_ids], dtype=torch.long)
-            cache = DynamicCache()
-            out = pending.served.model(
-                input_ids=ids,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=0 if job.prefill_details else 1,
-            )
-            logits = out.logits[0, -1].float()
-            prefill = self._prefill_tokens(job.input_ids, out.logits[0]) if job.prefill_details else []
             row = _Row(
                 pending=pending,
                 chooser=TokenChooser(job.sampling, job.input_ids),
                 detok=IncrementalDetokenizer(self.tokenizer, self._special_ids),
                 length=len(job.input_ids),
-                prefill=prefill,
+                prefill=self._prefill_tokens(job.input_ids, prompt_logits) if prompt_logits is not None else [],
             )
             self.stats.prefills += 1
-            self._advance(row, logits)
+            self._advance(row, last_logits.float())
         except Exception as exc:
             log.exception("prefill failed")
             self._emit(pending, ErrorEvent(f"Request failed during generation: {exc}"))
-            return
-        if row.done:
-            return
-        batch = kv_rows.from_prefill(cache, len(job.input_ids))
-        for cohort in self._cohorts:
-            if cohort.served is pending.served:
-                cohort.kv = kv_rows.join(cohort.kv, batch)
-                cohort.rows.append(row)
-                return
-        self._cohorts.append(_Cohort(served=pending.served, rows=[row], kv=batch))
+            return None
+        return row
 
     def _prefill_tokens(self, input_ids: list[int], logits: Any) -> list[TokenOut]:
         import torch

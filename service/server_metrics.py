@@ -32,6 +32,12 @@ class _EngineCollector(Collector):
             "candor_model_decode_rows", "Sum of batch sizes over decode steps", value=s.decode_rows
         )
         yield CounterMetricFamily("candor_model_prefills", "Prompts prefilled", value=s.prefills)
+        yield CounterMetricFamily(
+            "candor_model_prefill_passes", "Forward passes that prefilled prompts", value=s.prefill_passes
+        )
+        yield GaugeMetricFamily(
+            "candor_model_max_prefill_rows", "Most prompts prefilled in one pass", value=s.max_prefill_rows
+        )
         yield CounterMetricFamily("candor_model_generated_tokens", "Tokens generated", value=s.generated_tokens)
         yield GaugeMetricFamily(
             "candor_model_max_batch_rows", "Largest batch seen in a decode step", value=s.max_batch_rows

@@ -163,3 +163,51 @@ def test_not_ready_engine_refuses_work(base_model_dir: Path) -> None:
     eng = ModelEngine(load_settings(base_model_path=base_model_dir))
     with pytest.raises(EngineNotReady, match="created"):
         eng.submit(GenerationJob([1, 2], 1, None), Collector())
+
+
+LONG_CONTEXT = (
+    "Context: The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "
+    "a region in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway "
+    "who, under their leader Rollo, agreed to swear fealty to King Charles III of West Francia. "
+)
+
+
+def submit_together(engine: ModelEngine, jobs: list[GenerationJob]) -> list[Collector]:
+    """Queue every job before the worker can take any, so that they reach one prefill turn together."""
+    collectors = [Collector() for _ in jobs]
+    with engine._cond:  # the worker takes waiting requests under this (re-entrant) lock
+        for j, c in zip(jobs, collectors, strict=True):
+            engine.submit(j, c)
+    return collectors
+
+
+def test_batched_prefill_matches_serial_prefill(engine: ModelEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts of different lengths prefilled in one left-padded pass give each the tokens it gets alone."""
+    monkeypatch.setattr(engine, "prefill_token_budget", 4096)  # room for all four, whatever the default
+    jobs = [
+        job(engine, QUESTIONS[4]),  # the shortest prompt: most left padding
+        job(engine, LONG_CONTEXT * 3 + QUESTIONS[2]),  # the longest: sets the width
+        job(engine, QUESTIONS[3], n=1),  # done at its first token: its row leaves the new batch at once
+        job(engine, LONG_CONTEXT + QUESTIONS[0]),
+    ]
+    assert len({len(j.input_ids) for j in jobs}) == len(jobs)
+    alone = [run(engine, j)[0].finish for j in jobs]
+    passes_before = engine.stats.prefill_passes
+    together = [c.wait().finish for c in submit_together(engine, jobs)]
+    assert engine.stats.prefill_passes == passes_before + 1  # all four in one forward pass
+    assert engine.stats.max_prefill_rows == len(jobs)
+    assert [f.generated_text for f in together] == [f.generated_text for f in alone]
+    assert [f.finish_reason for f in together] == [f.finish_reason for f in alone]
+    assert together[2].generated_tokens == 1
+
+
+def test_prefill_passes_split_by_weights_and_budget(engine: ModelEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    short, long = job(engine, QUESTIONS[0]), job(engine, LONG_CONTEXT * 3 + QUESTIONS[1])
+    # budget: the two short prompts fit in one pass, the long one does not fit beside them
+    monkeypatch.setattr(engine, "prefill_token_budget", 2 * len(short.input_ids))
+    jobs = [short, job(engine, QUESTIONS[0], n=12), long, job(engine, QUESTIONS[0], adapter="tiny")]
+    alone = [run(engine, j)[0].finish.generated_text for j in jobs]
+    passes_before = engine.stats.prefill_passes
+    together = [c.wait().finish.generated_text for c in submit_together(engine, jobs)]
+    assert engine.stats.prefill_passes == passes_before + 3  # [short, short], [long], then the adapter's apart
+    assert together == alone
