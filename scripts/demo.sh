@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults: set up, prepare the base model, ingest the sample corpus
 # (samples/handbook, Candor's own handbook), start the model server and the API, then ask one question
-# the handbook answers and two it does not. Servers stop at the end unless KEEP_RUNNING=1.
+# the handbook answers and three it does not: one the model itself refuses, two the retrieval gate stops.
+# Servers stop at the end unless KEEP_RUNNING=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -54,9 +55,10 @@ pids+=($!)
 wait_for "http://127.0.0.1:${API_PORT}/readyz" 120 "the API"
 
 ask() { echo; echo "Q: $1"; candor ask "$1" --collection "$COLLECTION"; }
-ask "Which embedding model does Candor use?"
-ask "How much does a Candor enterprise subscription cost per year?"
-ask "What is the boiling point of mercury?"
+ask "Which embedding model does Candor use?"                      # the handbook answers it
+ask "Which GPU model does Candor require?"                        # passes the retrieval gate; the model refuses
+ask "How much does a Candor enterprise subscription cost per year?"  # refused by the retrieval gate
+ask "What is the boiling point of mercury?"                       # off topic: refused by the retrieval gate
 echo
 echo "The API is at ${CANDOR_API_URL} (docs: ${CANDOR_API_URL}/docs); flag an answer with:"
 echo "  curl -X POST ${CANDOR_API_URL}/v1/answers/<answer_id>/feedback -H 'content-type: application/json' -d '{\"verdict\": \"hallucination\"}'"
