@@ -133,7 +133,11 @@ def ratios(embedded: dict, llama: dict) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        help="Embedded server dtype; a comma-separated list (bfloat16,int8) runs the server once per dtype.",
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
@@ -189,18 +193,22 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
 
-    cli = ["--threads", str(args.threads), "--dtype", args.dtype, *args.server_args.split()]
-    server = start_model_server(base_dir, args.work_dir, args=cli)
-    try:
-        embedded: dict[str, Any] = {"engine": f"candor model-server ({args.dtype}, {' '.join(cli)})"}
-        embedded["single_stream"] = asyncio.run(single_stream(server.url, prompts, args.new_tokens, None, args.repeats))
-        embedded["concurrency"] = [
-            asyncio.run(concurrent(server.url, prompts, c, args.requests_per_client, args.new_tokens, None))
-            for c in args.clients
-        ]
-        embedded["peak_rss_mb"] = peak_rss_mb(server.process.pid)
-    finally:
-        server.stop()
+    by_dtype: dict[str, dict[str, Any]] = {}
+    for dtype in args.dtype.split(","):
+        cli = ["--threads", str(args.threads), "--dtype", dtype, *args.server_args.split()]
+        server = start_model_server(base_dir, args.work_dir, args=cli)
+        try:
+            emb: dict[str, Any] = {"engine": f"candor model-server ({dtype}, {' '.join(cli)})", "dtype": dtype}
+            emb["single_stream"] = asyncio.run(single_stream(server.url, prompts, args.new_tokens, None, args.repeats))
+            emb["concurrency"] = [
+                asyncio.run(concurrent(server.url, prompts, c, args.requests_per_client, args.new_tokens, None))
+                for c in args.clients
+            ]
+            emb["peak_rss_mb"] = peak_rss_mb(server.process.pid)
+        finally:
+            server.stop()
+        by_dtype[dtype] = emb
+    embedded = next(iter(by_dtype.values()))
 
     import llama_cpp
 
@@ -213,14 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     llama["peak_rss_mb_this_process"] = peak_rss_mb(os.getpid())
     del llm
 
-    report["embedded"] = embedded
+    report["embedded"] = embedded  # the first --dtype
+    if len(by_dtype) > 1:
+        report["embedded_by_dtype"] = by_dtype
+        report["ratios_by_dtype"] = {d: ratios(e, llama) for d, e in by_dtype.items()}
     report["llama_cpp"] = llama
     report["ratios"] = ratios(embedded, llama)
     report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     report["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for name, r in (("embedded", embedded), ("llama.cpp", llama)):
+    for name, r in [*((f"embedded {d}", e) for d, e in by_dtype.items()), ("llama.cpp", llama)]:
         s = r["single_stream"]
         conc = ", ".join(f"{c['clients']}c {c['total_tok_s']:.1f}" for c in r["concurrency"])
         print(
@@ -228,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             f"e2e {s['e2e_tok_s_median']:.1f} tok/s ({s['tokens_median']} tok, {s['input_tokens_median']} in); "
             f"total tok/s {conc}"
         )
-    for k, v in report["ratios"].items():
-        print(f"  {k}: {v}")
+    for d, e in by_dtype.items():
+        for k, v in ratios(e, llama).items():
+            print(f"  {d}: {k}: {v}")
     print(f"wrote {args.out}")
     return 0
 

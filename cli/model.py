@@ -40,7 +40,9 @@ def model_server(
     host: str | None = typer.Option(None, help="Address to bind (default CANDOR_MODEL_SERVER_HOST)."),
     port: int | None = typer.Option(None, help="Port (default CANDOR_MODEL_SERVER_PORT)."),
     threads: int | None = typer.Option(None, help="torch threads (default CANDOR_MODEL_SERVER_THREADS)."),
-    dtype: str | None = typer.Option(None, help="bfloat16, float32 or float16 (default CANDOR_MODEL_DTYPE)."),
+    dtype: str | None = typer.Option(
+        None, help="bfloat16, float32, float16 or int8 (CPU dynamic int8; default CANDOR_MODEL_DTYPE)."
+    ),
     max_batch_size: int | None = typer.Option(None, help="Rows decoded together (CANDOR_MAX_BATCH_SIZE)."),
     max_concurrent_requests: int | None = typer.Option(
         None, help="Requests in flight before 429 (CANDOR_MAX_CONCURRENT_REQUESTS)."

@@ -152,14 +152,17 @@ class LocalGenerator:
         from candor.settings import apply_thread_settings
 
         apply_thread_settings(threads)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not (Path(base_path) / "config.json").exists():
             raise NotFoundError(f"base model not found at {base_path} (run `candor model prepare`)")
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+        from candor.service.adapters import INT8, load_dtype
+
+        if dtype == INT8:  # adapters stay unmerged here (several side by side); int8 is a serving mode
+            raise InvalidInputError("evaluation runs in bfloat16, float32 or float16: set eval.dtype, not int8")
+        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype(dtype))
         self.model.eval()
         self.top_n = top_n
         self.adapters: list[str] = []

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from candor.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+INT8 = "int8"  # Settings.model_dtype: dynamic int8 Linear weights (see quantize_int8)
+_int8_logged = False
 
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_ADAPTER_NAME = "refusal"
@@ -161,8 +168,62 @@ def inspect_adapter(spec: AdapterSpec, base_path: Path, base_model_id: str, allo
     )
 
 
+def load_dtype(name: str) -> Any:
+    """The torch dtype to load the checkpoint in for serving dtype ``name`` ("int8" loads float32, then quantizes).
+
+    Never ``getattr(torch, name)`` on a serving dtype: ``torch.int8`` exists, and loading weights
+    as int8 integers would truncate them silently.
+    """
+    import torch
+
+    if name == INT8:
+        return torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidInputError(f"unknown model dtype {name!r}: use bfloat16, float32, float16 or int8")
+    return dtype
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every ``nn.Linear``, lm_head included, in place; returns the model.
+
+    Weights become int8 with one scale per output channel; activations stay float32 and are
+    quantized per call (torch's dynamic quantization, fbgemm kernels). Per output channel matters:
+    with one scale per tensor, lm_head (the tied 49,152-row embedding) and the projections lost so
+    much that the float32 model's top token changed on 2 of 3 probe prompts; per channel it did on
+    none of them (it still does where float32 is undecided: docs/performance.md). The tie with the
+    input embedding is not kept (lm_head gets its own packed int8 copy, the embedding stays
+    float32); the weights never change while serving, so the two cannot drift.
+    CPU only: the quantized kernels have no CUDA implementation.
+    """
+    global _int8_logged
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    devices = {p.device.type for p in model.parameters()}
+    if devices != {"cpu"}:
+        raise InvalidInputError(f"model dtype int8 is CPU only, but the weights are on {sorted(devices)}")
+    if not _int8_logged:
+        _int8_logged = True
+        log.info(
+            "model dtype int8: torch.ao.quantization.quantize_dynamic (per-channel int8 Linear weights, "
+            "fp32 activations). torch marks torch.ao.quantization deprecated; its deprecation warnings are not shown"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated", category=Warning)
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+def finish_model(model: Any, dtype: Any) -> Any:
+    """A float32 model made ready for serving in ``dtype`` (a name or a torch dtype): cast, or quantized for int8."""
+    if dtype == INT8:
+        return quantize_int8(model.float().eval())
+    return model.to(load_dtype(dtype) if isinstance(dtype, str) else dtype).eval()
+
+
 def build_merged_model(base_path: Path, adapter_path: Path, dtype: Any, attn_implementation: str | None = None) -> Any:
-    """The base model with the LoRA adapter merged into its weights, in ``dtype``.
+    """The base model with the LoRA adapter merged into its weights, in ``dtype`` (torch dtype or serving name).
 
     The merge starts from the checkpoint's full-precision weights, read again
     from ``base_path``, and the sum is rounded to ``dtype`` once. Merging into
@@ -170,7 +231,8 @@ def build_merged_model(base_path: Path, adapter_path: Path, dtype: Any, attn_imp
     smaller than half a bf16 step of the weight it is added to, so W + delta
     rounds back to W. The shipped refusal adapter answered like the base model
     that way, and refuses as trained this way (tests/test_model_adapters.py).
-    The float32 copy is transient (~0.5 GB for the 135M model).
+    The float32 copy is transient (~0.5 GB for the 135M model). For "int8" the
+    merged float32 weights are quantized (``quantize_int8``), like the base model's.
     """
     import torch
     from peft import PeftModel
@@ -186,4 +248,4 @@ def build_merged_model(base_path: Path, adapter_path: Path, dtype: Any, attn_imp
     bad = [name for name, p in merged.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise AdapterError(f"adapter {adapter_path} makes weights NaN/inf once merged (e.g. {bad[0]})")
-    return merged.to(dtype).eval()
+    return finish_model(merged, dtype)

@@ -268,19 +268,22 @@ class ModelEngine:
         from candor.settings import apply_thread_settings
 
         apply_thread_settings(self.settings.model_server_threads)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from candor.service.adapters import INT8, finish_model, load_dtype
         from candor.service.decode_attention import register_decode_attention
 
-        self.dtype = getattr(torch, self.settings.model_dtype)
+        name = self.settings.model_dtype
+        self.dtype = name if name == INT8 else load_dtype(name)  # "int8": float32 weights, then quantized
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             self.base_path,
-            dtype=self.dtype,
+            dtype=load_dtype(name),
             attn_implementation=register_decode_attention(),
             local_files_only=True,
         ).eval()
+        if name == INT8:
+            model = finish_model(model, name)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -297,7 +300,7 @@ class ModelEngine:
 
         assert self._base is not None
         started = time.perf_counter()
-        model = build_merged_model(self.base_path, spec.path, self.dtype, register_decode_attention())
+        model = build_merged_model(self.base_path, spec.path, self.settings.model_dtype, register_decode_attention())
         log.info("adapter %s (%s) merged in %.1f s", spec.name, info.version, time.perf_counter() - started)
         return _Served(model=model, info=info)
 

@@ -164,3 +164,12 @@ def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path,
         logged = db.execute("SELECT count(*) FROM answers WHERE collection = 'tiny-eval'").fetchone()[0]
     assert logged == n  # every answer went through the service's answer log
     assert "end-to-end RAG" in out.with_suffix(".md").read_text()
+
+
+def test_eval_refuses_the_int8_serving_mode(ft_base_model: Path) -> None:
+    """int8 is a serving mode (merged, quantized); evaluation loads adapters unmerged and says so."""
+    from candor.errors import InvalidInputError
+    from candor.finetune.evaluate import LocalGenerator
+
+    with pytest.raises(InvalidInputError, match="not int8"):
+        LocalGenerator(ft_base_model, dtype="int8")
