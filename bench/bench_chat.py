@@ -17,12 +17,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import add_server_run_args, finish_report, int_list, labelled_out, percentile, report_header
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -31,12 +32,8 @@ SQUAD = SHARED / "data" / "squad2"
 COLLECTION = "squad-dev"
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    i = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
-    return values[i]
+def p50_p95(values: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1)}
 
 
 def questions(n: int) -> list[str]:
@@ -98,10 +95,10 @@ async def run_clients(url: str, secret: str, qs: list[str], clients: int, per_cl
         "errors": errors,
         "wall_s": round(wall, 2),
         "req_per_s": round(len(results) / wall, 3),
-        "latency_ms": {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1)},
-        "retrieval_ms": {"p50": round(pct(ret, 50), 1), "p95": round(pct(ret, 95), 1)},
-        "generation_ms": {"p50": round(pct(gen, 50), 1), "p95": round(pct(gen, 95), 1)},
-        "server_total_ms": {"p50": round(pct(tot, 50), 1), "p95": round(pct(tot, 95), 1)},
+        "latency_ms": p50_p95(lat),
+        "retrieval_ms": p50_p95(ret),
+        "generation_ms": p50_p95(gen),
+        "server_total_ms": p50_p95(tot),
         "share_of_server_time": {
             "retrieval": round(sum(ret) / server_total, 3),
             "generation": round(sum(gen) / server_total, 3),
@@ -116,23 +113,13 @@ async def run_clients(url: str, secret: str, qs: list[str], clients: int, per_cl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16])
+    parser.add_argument("--clients", type=int_list, default=[1, 4, 8, 16])
     parser.add_argument("--requests", type=int, default=8, help="Requests per client per level.")
     parser.add_argument("--threads", type=int, default=1, help="Model server torch threads.")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--server-args", default="", help="Extra `candor model-server` options.")
-    parser.add_argument("--label", default="")
-    parser.add_argument(
-        "--base-model",
-        type=Path,
-        default=Path(os.environ.get("CANDOR_BASE_MODEL_PATH") or REPO / "var" / "test-cache" / "base-model"),
-        help="Converted base model folder (converted from the GGUF on first use).",
-    )
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "chat")
+    add_server_run_args(parser, "chat")
     args = parser.parse_args(argv)
-    suffix = f"-{args.label}" if args.label else ""
-    args.out = args.out or REPO / "bench" / "results" / f"chat{suffix}.json"
+    args.out = labelled_out(args, "chat")
 
     from fixtures.model import start_model_server
     from reliability_helpers import running_api, settings_env
@@ -152,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     qs = questions(max(args.clients) * args.requests)
 
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m_before": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-        },
+        **report_header(),
         "setup": {
             "corpus": "SQuAD 2.0 dev paragraphs (164), embedded Chroma",
             "api_workers": 1,
@@ -194,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         server.stop()
-    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    finish_report(report, args.out)
     return 0
 
 

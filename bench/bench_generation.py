@@ -23,12 +23,21 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import (
+    StreamClock,
+    concurrency_summary,
+    finish_report,
+    int_list,
+    peak_rss_mb,
+    report_header,
+    single_stream_summary,
+    stream_line,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CANDOR_SHARED_DIR", REPO.parent / "shared"))
@@ -70,9 +79,7 @@ async def stream_once(client: Any, url: str, prompt: str, new_tokens: int, adapt
     params: dict[str, Any] = {"max_new_tokens": new_tokens, "details": True}
     if adapter:
         params["adapter_id"] = adapter
-    started = time.perf_counter()
-    first = last = None
-    tokens = 0
+    clock = StreamClock()
     input_length = None
     async with client.stream("POST", url + "/generate_stream", json={"inputs": prompt, "parameters": params}) as r:
         if r.status_code != 200:
@@ -83,20 +90,10 @@ async def stream_once(client: Any, url: str, prompt: str, new_tokens: int, adapt
             event = json.loads(line[5:])
             if "error" in event:
                 raise RuntimeError(event["error"])
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            tokens += 1
+            clock.tick()
             if event.get("details"):
                 input_length = event["details"]["input_length"]
-    assert first is not None and last is not None
-    return {
-        "ttft_s": first - started,
-        "total_s": last - started,
-        "tokens": tokens,
-        "input_tokens": input_length or 0,
-        "decode_tok_s": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0,
-    }
+    return clock.result(input_length or 0)
 
 
 async def single_stream(url: str, prompts: list[str], new_tokens: int, adapter: str | None, repeats: int) -> dict:
@@ -105,14 +102,7 @@ async def single_stream(url: str, prompts: list[str], new_tokens: int, adapter: 
     async with httpx.AsyncClient(timeout=600) as client:
         await stream_once(client, url, prompts[0], 8, adapter)  # warm-up
         runs = [await stream_once(client, url, prompts[i % len(prompts)], new_tokens, adapter) for i in range(repeats)]
-    return {
-        "runs": runs,
-        "ttft_s_median": statistics.median(r["ttft_s"] for r in runs),
-        "decode_tok_s_median": statistics.median(r["decode_tok_s"] for r in runs),
-        "e2e_tok_s_median": statistics.median(r["tokens"] / r["total_s"] for r in runs),
-        "tokens_median": statistics.median(r["tokens"] for r in runs),
-        "input_tokens_median": statistics.median(r["input_tokens"] for r in runs),
-    }
+    return single_stream_summary(runs)
 
 
 async def concurrent(
@@ -132,27 +122,7 @@ async def concurrent(
         started = time.perf_counter()
         results = [r for batch in await asyncio.gather(*(worker(k) for k in range(clients))) for r in batch]
         wall = time.perf_counter() - started
-    tokens = sum(r["tokens"] for r in results)
-    return {
-        "clients": clients,
-        "requests": len(results),
-        "tokens": tokens,
-        "wall_s": wall,
-        "total_tok_s": tokens / wall,
-        "ttft_s_median": statistics.median(r["ttft_s"] for r in results),
-        "ttft_s_max": max(r["ttft_s"] for r in results),
-        "request_s_median": statistics.median(r["total_s"] for r in results),
-    }
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return concurrency_summary(clients, results, wall)
 
 
 def metrics_snapshot(url: str) -> dict[str, float]:
@@ -197,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    parser.add_argument("--clients", type=int_list, default=[1, 4, 8])
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--out", type=Path, help="default: bench/results/generation-threads<N>.json")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "generation")
@@ -216,12 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m_before": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-        },
+        **report_header(),
         "server": {"threads": args.threads, "dtype": args.dtype, "max_batch_size": settings.max_batch_size},
         "workload": {
             "new_tokens": args.new_tokens,
@@ -247,18 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                 report["configs"].append(run_config(server.url, tokenizer, args, adapter_id, server.process.pid))
             finally:
                 server.stop()
-    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for cfg in report["configs"]:
-        s = cfg["single_stream"]
-        conc = ", ".join(f"{c['clients']}c {c['total_tok_s']:.1f}" for c in cfg["concurrency"])
-        print(
-            f"adapter={cfg['adapter']}: TTFT {s['ttft_s_median']:.2f} s, decode {s['decode_tok_s_median']:.1f} tok/s, "
-            f"e2e {s['e2e_tok_s_median']:.1f} tok/s ({s['tokens_median']} tok, {s['input_tokens_median']} in); "
-            f"total tok/s {conc}; peak RSS {cfg.get('peak_rss_mb')} MB"
-        )
-    print(f"wrote {args.out}")
+        name = f"adapter={cfg['adapter']}"
+        print(f"{stream_line(name, cfg)}; peak RSS {cfg.get('peak_rss_mb')} MB")
+    finish_report(report, args.out)
     return 0
 
 

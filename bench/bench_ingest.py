@@ -15,13 +15,14 @@ Not a test: nothing is asserted; the JSON records the figures and the machine st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from common import RESULTS, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PARAGRAPHS = REPO.parent / "shared" / "data" / "squad2" / "train.paragraphs.jsonl"
@@ -45,7 +46,7 @@ def machine_state() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paragraphs", type=Path, default=DEFAULT_PARAGRAPHS)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "ingest")
     args = parser.parse_args(argv)
 
@@ -130,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": state_before,
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(args.out, result, echo=True)
     return 0
 
 

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import statistics
 import sys
 import threading
 import time
@@ -36,45 +33,39 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench_generation import build_prompts, concurrent, peak_rss_mb, single_stream  # noqa: E402
+from bench_generation import build_prompts, concurrent, single_stream  # noqa: E402
+from common import (  # noqa: E402
+    StreamClock,
+    add_server_run_args,
+    concurrency_summary,
+    finish_report,
+    int_list,
+    labelled_out,
+    load_avgs,
+    peak_rss_mb,
+    report_header,
+    single_stream_summary,
+    stream_line,
+)
 
 
 def llama_stream_once(llm: Any, prompt: str, new_tokens: int) -> dict[str, float]:
     # Forget the previous request's tokens: llama-cpp-python otherwise reuses the longest common prefix
     # of its KV cache (the warm-up prompt again: TTFT 0.01 s), and the embedded server has no prefix cache.
     llm.reset()
-    started = time.perf_counter()
-    first = last = None
-    tokens = 0
+    clock = StreamClock()
     for chunk in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, top_k=1, stream=True):
         choice = chunk["choices"][0]
         if choice["finish_reason"] is not None and not choice["text"]:
             continue  # the closing chunk carries no token (counting it flattered llama.cpp by 1/64 before)
-        now = time.perf_counter()
-        first = first or now
-        last = now
-        tokens += 1
-    assert first is not None and last is not None
-    return {
-        "ttft_s": first - started,
-        "total_s": last - started,
-        "tokens": tokens,
-        "input_tokens": len(llm.tokenize(prompt.encode(), add_bos=False, special=True)),
-        "decode_tok_s": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0,
-    }
+        clock.tick()
+    return clock.result(len(llm.tokenize(prompt.encode(), add_bos=False, special=True)))
 
 
 def llama_single(llm: Any, prompts: list[str], new_tokens: int, repeats: int) -> dict:
     llama_stream_once(llm, prompts[0], 8)  # warm-up
     runs = [llama_stream_once(llm, prompts[i % len(prompts)], new_tokens) for i in range(repeats)]
-    return {
-        "runs": runs,
-        "ttft_s_median": statistics.median(r["ttft_s"] for r in runs),
-        "decode_tok_s_median": statistics.median(r["decode_tok_s"] for r in runs),
-        "e2e_tok_s_median": statistics.median(r["tokens"] / r["total_s"] for r in runs),
-        "tokens_median": statistics.median(r["tokens"] for r in runs),
-        "input_tokens_median": statistics.median(r["input_tokens"] for r in runs),
-    }
+    return single_stream_summary(runs)
 
 
 def llama_concurrent(llm: Any, prompts: list[str], clients: int, per_client: int, new_tokens: int) -> dict:
@@ -97,17 +88,7 @@ def llama_concurrent(llm: Any, prompts: list[str], clients: int, per_client: int
     with ThreadPoolExecutor(clients) as pool:
         results = [r for batch in pool.map(worker, range(clients)) for r in batch]
     wall = time.perf_counter() - started
-    tokens = sum(r["tokens"] for r in results)
-    return {
-        "clients": clients,
-        "requests": len(results),
-        "tokens": tokens,
-        "wall_s": wall,
-        "total_tok_s": tokens / wall,
-        "ttft_s_median": statistics.median(r["ttft_s"] for r in results),
-        "ttft_s_max": max(r["ttft_s"] for r in results),
-        "request_s_median": statistics.median(r["total_s"] for r in results),
-    }
+    return concurrency_summary(clients, results, wall)
 
 
 def ratios(embedded: dict, llama: dict) -> dict[str, Any]:
@@ -140,21 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    parser.add_argument("--clients", type=int_list, default=[1, 4, 8])
     parser.add_argument("--requests-per-client", type=int, default=1)
-    parser.add_argument("--server-args", default="", help="Extra `candor model-server` options, space separated.")
-    parser.add_argument("--label", default="", help="Suffix of the output file (e.g. before/after a fix).")
-    parser.add_argument(
-        "--base-model",
-        type=Path,
-        default=Path(os.environ.get("CANDOR_BASE_MODEL_PATH") or REPO / "var" / "test-cache" / "base-model"),
-        help="Converted base model folder (converted from the GGUF on first use).",
-    )
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "llamacpp")
+    add_server_run_args(parser, "llamacpp")
     args = parser.parse_args(argv)
-    suffix = f"-{args.label}" if args.label else ""
-    args.out = args.out or REPO / "bench" / "results" / f"llamacpp-vs-embedded{suffix}.json"
+    args.out = labelled_out(args, "llamacpp-vs-embedded")
 
     try:
         from llama_cpp import Llama
@@ -172,16 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     gguf = find_gguf().path
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     prompts = build_prompts(tokenizer, max(max(args.clients) * args.requests_per_client, args.repeats))
+    machine_extra = {
+        "load_avg_before": load_avgs(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the server inherits it
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    }
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m_before": round(os.getloadavg()[0], 2),
-            "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-            "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the server inherits it
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-            "python": platform.python_version(),
-        },
+        **report_header(machine_extra),
         "model_file": gguf.name,
         "workload": {
             "threads": args.threads,
@@ -227,22 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         report["ratios_by_dtype"] = {d: ratios(e, llama) for d, e in by_dtype.items()}
     report["llama_cpp"] = llama
     report["ratios"] = ratios(embedded, llama)
-    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    report["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for name, r in [*((f"embedded {d}", e) for d, e in by_dtype.items()), ("llama.cpp", llama)]:
-        s = r["single_stream"]
-        conc = ", ".join(f"{c['clients']}c {c['total_tok_s']:.1f}" for c in r["concurrency"])
-        print(
-            f"{name}: TTFT {s['ttft_s_median']:.2f} s, decode {s['decode_tok_s_median']:.1f} tok/s, "
-            f"e2e {s['e2e_tok_s_median']:.1f} tok/s ({s['tokens_median']} tok, {s['input_tokens_median']} in); "
-            f"total tok/s {conc}"
-        )
+        print(stream_line(name, r))
     for d, e in by_dtype.items():
         for k, v in ratios(e, llama).items():
             print(f"  {d}: {k}: {v}")
-    print(f"wrote {args.out}")
+    finish_report(report, args.out, all_load_avgs=True)
     return 0
 
 

@@ -24,15 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+from common import RESULTS, load_avg_1m, percentile, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad2"
 ADD_BATCH = 4000
 
 
 def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    idx = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return round(ordered[idx], 2)
+    return round(percentile(values, p), 2)
 
 
 def latency_ms(retriever, questions: list[str], collection: str, k: int) -> dict:
@@ -80,7 +80,7 @@ def copy_chunks(src, dst, extra: int = 0, noise: float = 0.35, seed: int = 0) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "retrieval.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "retrieval")
     parser.add_argument("--scale", type=int, default=100_000, help="Chunks in the scale collection (0: skip).")
     parser.add_argument("--no-server", action="store_true", help="Skip the `chroma run` measurement.")
@@ -174,10 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_server:
         result["latency_server"] = server_latency(settings, collection, retriever, texts)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    result["load_avg_1m_after"] = load_avg_1m()
+    write_json(args.out, result, echo=True)
     return 0
 
 

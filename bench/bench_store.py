@@ -14,7 +14,6 @@ records the figures and the machine state.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -26,6 +25,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from common import RESULTS, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default=os.environ.get("CANDOR_TEST_POSTGRES_URL"))
     parser.add_argument("--n", type=int, default=300, help="Sequential operations of each kind.")
     parser.add_argument("--flags-per-worker", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "store.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "store.json")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "store")
     args = parser.parse_args(argv)
 
@@ -151,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
             admin.dispose()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(args.out, result, echo=True)
     return 0
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import RESULTS, finish_report, report_header
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"qlora-nf4": "nf4", "lora-bf16": "none"}
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-file", type=Path, default=REPO / "var" / "finetune" / "data" / "train.jsonl")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "training.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "training")
     parser.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -77,12 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m_before": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-        },
+        **report_header(),
         "workload": {
             "steps": args.steps,
             "batch": args.batch,
@@ -119,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss (qlora/bf16)": round(q["peak_rss_mb"] / b["peak_rss_mb"], 3),
         }
         print(report["ratios"])
-    report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    finish_report(report, args.out)
     return 0
 
 

@@ -59,40 +59,28 @@ def _run(name: str, ctx: typer.Context, nice: bool) -> None:
 NiceOpt = Annotated[bool, typer.Option("--nice/--no-nice", help="Run under nice -n 10 (shared cores).")]
 
 
-@bench.command("chat", context_settings=PASS_THROUGH)
-def chat_cmd(ctx: typer.Context, nice: NiceOpt = True) -> None:
-    """End-to-end chat latency p50/p95 and req/s at 1/4/8/16 clients (bench/bench_chat.py)."""
-    _run("chat", ctx, nice)
+HELP = {
+    "chat": "End-to-end chat latency p50/p95 and req/s at 1/4/8/16 clients",
+    "generation": "Embedded model server: TTFT, decode tok/s, 1/4/8 clients",
+    "llamacpp": "Embedded server vs llama.cpp on the same GGUF, side by side",
+    "ingest": "Ingest throughput vs raw embedding throughput",
+    "retrieval": "Retrieval latency p50/p95 and recall, up to 100k chunks",
+    "training": "QLoRA-nf4 vs bf16 LoRA: tokens/s and peak memory",
+}
 
 
-@bench.command("generation", context_settings=PASS_THROUGH)
-def generation_cmd(ctx: typer.Context, nice: NiceOpt = True) -> None:
-    """Embedded model server: TTFT, decode tok/s, 1/4/8 clients (bench/bench_generation.py)."""
-    _run("generation", ctx, nice)
+def _register(name: str) -> None:
+    """`candor bench <name>`: run bench/<script> with the options given after it."""
+
+    def command(ctx: typer.Context, nice: NiceOpt = True) -> None:
+        _run(name, ctx, nice)
+
+    command.__name__ = f"{name}_cmd"
+    bench.command(name, context_settings=PASS_THROUGH, help=f"{HELP[name]} (bench/{SCRIPTS[name]}).")(command)
 
 
-@bench.command("llamacpp", context_settings=PASS_THROUGH)
-def llamacpp_cmd(ctx: typer.Context, nice: NiceOpt = True) -> None:
-    """Embedded server vs llama.cpp on the same GGUF, side by side (bench/bench_llamacpp.py)."""
-    _run("llamacpp", ctx, nice)
-
-
-@bench.command("ingest", context_settings=PASS_THROUGH)
-def ingest_cmd(ctx: typer.Context, nice: NiceOpt = True) -> None:
-    """Ingest throughput vs raw embedding throughput (bench/bench_ingest.py)."""
-    _run("ingest", ctx, nice)
-
-
-@bench.command("retrieval", context_settings=PASS_THROUGH)
-def retrieval_cmd(ctx: typer.Context, nice: NiceOpt = True) -> None:
-    """Retrieval latency p50/p95 and recall, up to 100k chunks (bench/bench_retrieval.py)."""
-    _run("retrieval", ctx, nice)
-
-
-@bench.command("training", context_settings=PASS_THROUGH)
-def training_cmd(ctx: typer.Context, nice: NiceOpt = True) -> None:
-    """QLoRA-nf4 vs bf16 LoRA: tokens/s and peak memory (bench/bench_training.py)."""
-    _run("training", ctx, nice)
+for _name in SCRIPTS:
+    _register(_name)
 
 
 @bench.command("summary")
@@ -179,6 +167,27 @@ def _training(data: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _ingest(data: dict[str, Any]) -> list[str]:
+    return [
+        f"### Ingest ({data.get('when', '?')})",
+        "",
+        f"- ingest {_f(data.get('ingest_chunks_per_s'))} chunks/s vs raw encode "
+        f"{_f(data.get('raw_encode_chunks_per_s'))} chunks/s: ratio **{data.get('ingest_over_raw_ratio')}**",
+        "",
+    ]
+
+
+def _retrieval(data: dict[str, Any]) -> list[str]:
+    small, large = data.get("latency_embedded", {}), data.get("latency_at_scale", {})
+    return [
+        f"### Retrieval ({data.get('when', '?')})",
+        "",
+        f"- {data['collection']['chunks']} chunks: p50 {_f(small.get('p50_ms'))} ms, p95 {_f(small.get('p95_ms'))} ms",
+        f"- {large.get('chunks', '?')} chunks: p50 {_f(large.get('p50_ms'))} ms, p95 {_f(large.get('p95_ms'))} ms",
+        "",
+    ]
+
+
 def render_summary(folder: Path) -> str:
     """One markdown document from whichever results exist (missing ones are listed, not invented)."""
     if not folder.is_dir():
@@ -198,35 +207,12 @@ def render_summary(folder: Path) -> str:
             conc = ", ".join(f"{c['clients']}: {_f(c['total_tok_s'])}" for c in cfg["concurrency"])
             out.append(f"| {cfg['adapter']} | {_f(s['ttft_s_median'], 2)} | {_f(s['decode_tok_s_median'])} | {conc} |")
         out.append("")
-    ingest = _load(folder, "ingest.json")
-    if ingest:
-        out += [
-            f"### Ingest ({ingest.get('when', '?')})",
-            "",
-            f"- ingest {_f(ingest.get('ingest_chunks_per_s'))} chunks/s vs raw encode "
-            f"{_f(ingest.get('raw_encode_chunks_per_s'))} chunks/s: ratio **{ingest.get('ingest_over_raw_ratio')}**",
-            "",
-        ]
-    else:
-        missing.append("ingest.json")
-    retrieval = _load(folder, "retrieval.json")
-    if retrieval:
-        small, large = retrieval.get("latency_embedded", {}), retrieval.get("latency_at_scale", {})
-        out += [
-            f"### Retrieval ({retrieval.get('when', '?')})",
-            "",
-            f"- {retrieval['collection']['chunks']} chunks: p50 {_f(small.get('p50_ms'))} ms, "
-            f"p95 {_f(small.get('p95_ms'))} ms",
-            f"- {large.get('chunks', '?')} chunks: p50 {_f(large.get('p50_ms'))} ms, p95 {_f(large.get('p95_ms'))} ms",
-            "",
-        ]
-    else:
-        missing.append("retrieval.json")
-    training = _load(folder, "training.json")
-    if training:
-        out += _training(training)
-    else:
-        missing.append("training.json")
+    for name, render in (("ingest.json", _ingest), ("retrieval.json", _retrieval), ("training.json", _training)):
+        data = _load(folder, name)
+        if data:
+            out += render(data)
+        else:
+            missing.append(name)
     if missing:
         out += ["Not measured yet: " + ", ".join(missing), ""]
     return "\n".join(out)
