@@ -48,14 +48,21 @@ def retrieval_refusal(retrieval_scores: Sequence[float] | None) -> float:
 
 
 def refusal_confidence(
-    first_token_top: Sequence[tuple[str, float]] | None, retrieval_scores: Sequence[float] | None = None
+    first_token_top: Sequence[tuple[str, float]] | None,
+    retrieval_scores: Sequence[float] | None = None,
+    answerable_probability: float | None = None,
 ) -> float | None:
     """How sure we are the answer should be a refusal, in [0, 1]; refuse at or above the threshold.
 
-    None when the server returned no first-token alternatives: unknown, so no threshold applies.
+    With an answerability verifier's P(answerable) the signal is 1 - P (the first token is then not
+    needed, so the decision can come before generation); without one it is the first token's refusal
+    mass. None when neither is known: unknown, so no threshold applies.
     """
-    if first_token_top is None:
+    if answerable_probability is not None:
+        p = 1.0 - min(max(answerable_probability, 0.0), 1.0)
+    elif first_token_top is None:
         return None
-    p = refusal_token_probability(first_token_top)
+    else:
+        p = refusal_token_probability(first_token_top)
     r = retrieval_refusal(retrieval_scores)
     return 1.0 - (1.0 - p) * (1.0 - r)

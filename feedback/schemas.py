@@ -33,6 +33,7 @@ class ReviewStatus(StrEnum):
 
 class RefusalLayer(StrEnum):
     RETRIEVAL_GATE = "retrieval_gate"
+    VERIFIER = "verifier"
     MODEL = "model"
     GROUNDING = "grounding"
     THRESHOLD = "threshold"

@@ -236,6 +236,16 @@ class LocalGenerator:
         return results
 
 
+def verifier_scores(verifier, items: Sequence[EvalItem], progress=None) -> list[float]:
+    """The answerability verifier's P(answerable) per item: its best passage (0 with none), as served."""
+    out = []
+    for it in items:
+        out.append(verifier.answerable_probability(it.question, [c.text for c in it.chunks]))
+        if progress is not None:
+            progress(1)
+    return out
+
+
 def predict(
     gen: LocalGenerator,
     items: Sequence[EvalItem],
@@ -244,16 +254,20 @@ def predict(
     max_new_tokens: int,
     batch_size: int,
     progress=None,
+    answerable: Sequence[float] | None = None,
 ) -> list[Prediction]:
+    """Generate for every item; the refusal confidence is the verifier's when ``answerable`` is given."""
     prompts = []
     for it in items:
         fitted = fit_messages(it.question, it.chunks, [], gen.count_tokens, max_input_tokens)
         prompts.append(gen.render(fitted.messages))
     outs = gen.generate(prompts, model_name, max_new_tokens, batch_size, progress)
     preds = []
-    for it, (text, alts, n) in zip(items, outs, strict=True):
-        conf = refusal_confidence(alts, it.retrieval_scores)
-        preds.append(Prediction(it.id, text, is_refusal(text), float(conf or 0.0), alts, n))
+    for i, (it, (text, alts, n)) in enumerate(zip(items, outs, strict=True)):
+        p_ans = None if answerable is None else answerable[i]
+        conf = refusal_confidence(alts, it.retrieval_scores, p_ans)
+        extra = {} if p_ans is None else {"answerable": round(p_ans, 5)}
+        preds.append(Prediction(it.id, text, is_refusal(text), float(conf or 0.0), alts, n, extra))
     return preds
 
 
@@ -320,12 +334,22 @@ def evaluate_oracle(
     n_boot: int = 1000,
     out_dir: Path | None = None,
     progress: bool = True,
+    verifier=None,
 ) -> dict[str, dict]:
-    """Per model: metrics at its own decisions and at the threshold chosen on ``calibration``."""
+    """Per model: metrics at its own decisions and at the threshold chosen on ``calibration``.
+
+    With a ``verifier`` every model's refusal confidence is the verifier's (1 - P(answerable)), the
+    signal the service then applies before generating; the model-only metrics do not change.
+    """
     from tqdm import tqdm
 
     from candor.finetune.metrics import choose_threshold, summarize
 
+    cal_ans = ans = None
+    if verifier is not None:
+        with tqdm(total=len(calibration) + len(items), desc="verifier", disable=not progress) as bar:
+            cal_ans = verifier_scores(verifier, calibration, bar.update)
+            ans = verifier_scores(verifier, items, bar.update)
     results: dict[str, dict] = {}
     for name, path in models.items():
         if path != BASE and name not in gen.adapters:
@@ -336,7 +360,9 @@ def evaluate_oracle(
         threshold = (thresholds or {}).get(name)
         if calibration:
             with tqdm(total=len(calibration), desc=f"{name} calibration", disable=not progress) as bar:
-                cal_preds = predict(gen, calibration, name, max_input_tokens, max_new_tokens, batch_size, bar.update)
+                cal_preds = predict(
+                    gen, calibration, name, max_input_tokens, max_new_tokens, batch_size, bar.update, cal_ans
+                )
             cal_scored = score(calibration, cal_preds)
             threshold, cal_point = choose_threshold(cal_scored, threshold_objective)
             res["calibration"] = {
@@ -350,7 +376,7 @@ def evaluate_oracle(
             if out_dir:
                 write_predictions(Path(out_dir) / f"calibration-{name}.jsonl", calibration, cal_preds)
         with tqdm(total=len(items), desc=f"{name} eval", disable=not progress) as bar:
-            preds = predict(gen, items, name, max_input_tokens, max_new_tokens, batch_size, bar.update)
+            preds = predict(gen, items, name, max_input_tokens, max_new_tokens, batch_size, bar.update, ans)
         scored = score(items, preds)
         # headline metrics over the data's own questions; derived categories are reported apart
         main = [s for s in scored if s.category in ("answerable", "unanswerable")]

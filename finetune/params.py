@@ -66,3 +66,16 @@ def build_config(params: dict[str, Any]):
     for key in ("source", "split", "out_dir"):
         values.pop(key, None)
     return to_dataclass(BuildConfig, values, "params.yaml build_data")
+
+
+def verifier_config(params: dict[str, Any], **overrides: Any):
+    """The verifier section; its split follows build_data's seed and val_articles unless it sets them."""
+    from candor.finetune.verifier import VerifierConfig
+
+    values = section(params, "verifier")
+    data = section(params, "build_data")
+    for key in ("seed", "val_articles"):
+        if key in data:
+            values.setdefault(key, data[key])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return to_dataclass(VerifierConfig, values, "params.yaml verifier")

@@ -120,7 +120,17 @@ async def _answer_all(engine, retriever, questions, collection: str, k: int, con
 
 
 def run_rag_eval(
-    settings, ev: dict, models: dict[str, str], *, source, split, limit, collection, out: Path, progress: bool = True
+    settings,
+    ev: dict,
+    models: dict[str, str],
+    *,
+    source,
+    split,
+    limit,
+    collection,
+    out: Path,
+    progress: bool = True,
+    verifier_path: Path | None = None,
 ) -> dict:
     import anyio
     from tqdm import tqdm
@@ -145,11 +155,19 @@ def run_rag_eval(
         update={
             "database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}",
             "refusal_threshold": None,
+            # the verifier scores every question; its threshold is applied in the metrics, like the others
+            "verifier_threshold": 1.0,
         }
     )
+    from candor.finetune.run_eval import load_eval_verifier, refusal_signal
+
+    verifier = load_eval_verifier(settings, ev, verifier_path)
     t0 = time.monotonic()
     ingest = ensure_collection(s, collection, [corpus, *others])
-    thresholds = rag.get("thresholds", {}) or {}
+    token_thresholds = rag.get("thresholds", {}) or {}
+    thresholds = dict(token_thresholds)
+    if verifier is not None:  # one signal for every model: the verifier's, at its validation threshold
+        thresholds = {name: verifier.threshold for name in models}
     adapters = {n: p for n, p in models.items() if p != BASE}
     results: dict[str, dict] = {}
     url = rag.get("llm_url")
@@ -166,12 +184,14 @@ def run_rag_eval(
         store.migrate()
         for name in models:
             ms = s.model_copy(update={"llm_url": server_url, "llm_adapter": None if name == BASE else name})
-            engine = AnswerEngine(ms, retriever, LLMClient(ms), PromptRenderer(ms.resolved_tokenizer_path), store)
+            engine = AnswerEngine(
+                ms, retriever, LLMClient(ms), PromptRenderer(ms.resolved_tokenizer_path), store, verifier
+            )
             with tqdm(total=len(questions), desc=f"{name} rag", disable=not progress) as bar:
                 answers = anyio.run(
                     _answer_all, engine, retriever, questions, collection, k, int(rag.get("concurrency", 4)), bar
                 )
-            scored, layers = [], {}
+            scored, scored_token, layers = [], [], {}
             for q, (res, doc_ids, _scores) in zip(questions, answers, strict=True):
                 gold = q.doc_id in doc_ids
                 should_refuse = q.is_impossible or not gold
@@ -181,6 +201,9 @@ def run_rag_eval(
                 conf = 1.0 if res.refusal_confidence is None else float(res.refusal_confidence)
                 cat = ("unanswerable" if q.is_impossible else "answerable") + ("" if gold else "_retrieval_miss")
                 scored.append(Scored(should_refuse, res.refused, conf, em, f1, cat))
+                token_conf = res.signals.get("first_token")
+                token_conf = 1.0 if token_conf is None else float(token_conf)
+                scored_token.append(Scored(should_refuse, res.refused, token_conf, em, f1, cat))
                 layers[res.refusal_layer or "answered"] = layers.get(res.refusal_layer or "answered", 0) + 1
             threshold = thresholds.get(name)
             by_retrieval = {}
@@ -196,6 +219,10 @@ def run_rag_eval(
                 if threshold is not None
                 else None,
                 "by_retrieval": by_retrieval,
+                # with the verifier as the signal, the first-token signal at its own threshold, side by side
+                "first_token_at_threshold": summarize(scored_token, token_thresholds[name], n_boot=0)
+                if verifier is not None and token_thresholds.get(name) is not None
+                else None,
                 "refusal_layers": layers,
                 "gold_retrieval_rate": sum(q.doc_id in a[1] for q, a in zip(questions, answers, strict=True))
                 / max(1, len(questions)),
@@ -213,6 +240,7 @@ def run_rag_eval(
             "should_refuse": "unanswerable, or answerable whose gold paragraph retrieval missed",
             "min_retrieval_score": s.min_retrieval_score,
             "grounding_enforce": s.grounding_enforce,
+            "refusal_signal": refusal_signal(verifier),
             "seconds": round(time.monotonic() - t0, 1),
             "models": models,
         },

@@ -68,7 +68,12 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
     lines = [f"# {title}", ""]
     if cfg:
         lines += ["```json", json.dumps(cfg, indent=1, default=str)[:3000], "```", ""]
-    for key, label in (("at_threshold", "at the threshold chosen on validation"), ("model_only", "model only")):
+    sections = (
+        ("at_threshold", "at the threshold chosen on validation"),
+        ("first_token_at_threshold", "the first-token signal at its own threshold, for comparison"),
+        ("model_only", "model only"),
+    )
+    for key, label in sections:
         present = [n for n in names if models[n].get(key)]
         if not present:
             continue

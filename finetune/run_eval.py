@@ -14,6 +14,22 @@ from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
 
 
+def load_eval_verifier(settings, ev: dict, verifier_path: Path | None):
+    """The verifier named on the command line or in params (eval.verifier), or None."""
+    path = verifier_path or ev.get("verifier")
+    if not path:
+        return None
+    from candor.answerability import AnswerabilityVerifier
+
+    return AnswerabilityVerifier(Path(path), settings.resolved_embed_model_path)
+
+
+def refusal_signal(verifier) -> str:
+    if verifier is None:
+        return "first token: probability of the refusal sentence's first token"
+    return f"verifier: 1 - P(answerable) from {verifier.folder}"
+
+
 def run_oracle_eval(
     settings,
     ev: dict,
@@ -25,6 +41,7 @@ def run_oracle_eval(
     calibration_limit: int,
     out: Path,
     progress: bool = True,
+    verifier_path: Path | None = None,
 ) -> dict:
     from candor.finetune.probe import run_probe
 
@@ -55,6 +72,7 @@ def run_oracle_eval(
         threads=int(ev.get("torch_threads", 1)),
         top_n=int(ev.get("top_n_tokens", 5)),
     )
+    verifier = load_eval_verifier(settings, ev, verifier_path)
     t0 = time.monotonic()
     pred_dir = out.parent / (out.stem + "-predictions")
     results = evaluate_oracle(
@@ -69,6 +87,7 @@ def run_oracle_eval(
         n_boot=int(ev.get("bootstrap", 1000)),
         out_dir=pred_dir,
         progress=progress,
+        verifier=verifier,
     )
     if ev.get("probe", True):
         for name in models:
@@ -89,6 +108,7 @@ def run_oracle_eval(
             "max_new_tokens": int(ev.get("max_new_tokens", 32)),
             "dtype": ev.get("dtype", settings.model_dtype),
             "decoding": "greedy, batched, in-process",
+            "refusal_signal": refusal_signal(verifier),
             "seconds": round(time.monotonic() - t0, 1),
             "models": models,
         },

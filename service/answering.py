@@ -49,6 +49,8 @@ class AnswerResult:
     grounding_support: float | None
     model: dict[str, str | None]
     timings_ms: dict[str, float]
+    # every refusal signal measured, whichever one the policy applied (for evaluation; not in the API body)
+    signals: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,8 @@ class _Prepared:
     query: str = ""
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
+    answerable: float | None = None  # the verifier's P(answerable), when one is configured
+    verifier_ms: float = 0.0
 
 
 def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
@@ -113,8 +117,11 @@ def _chunk_log(chunk: Any, sent_text: str | None) -> dict[str, Any]:
 
 
 class AnswerEngine:
-    def __init__(self, settings: Settings, retriever: Any, llm: Any, renderer: Any, store: Any) -> None:
+    def __init__(
+        self, settings: Settings, retriever: Any, llm: Any, renderer: Any, store: Any, verifier: Any = None
+    ) -> None:
         self.settings = settings
+        self.verifier = verifier
         self.retriever = retriever
         self.llm = llm
         self.renderer = renderer
@@ -169,12 +176,30 @@ class AnswerEngine:
         prep.history = fitted.messages[1:-1]
         prep.messages = fitted.messages
         prep.prompt = self.renderer.render(fitted.messages)
+        if self.verifier is not None:
+            t0 = time.perf_counter()
+            prep.answerable = await anyio.to_thread.run_sync(
+                self.verifier.answerable_probability, req.question, prep.contexts, limiter=self._embed_limiter
+            )
+            prep.verifier_ms = (time.perf_counter() - t0) * 1000
         return prep
+
+    def verifier_threshold(self) -> float | None:
+        if self.verifier is None:
+            return None
+        if self.settings.verifier_threshold is not None:
+            return self.settings.verifier_threshold
+        return self.verifier.threshold
+
+    def _verifier_refuses(self, prep: _Prepared) -> bool:
+        threshold = self.verifier_threshold()
+        return prep.answerable is not None and threshold is not None and 1.0 - prep.answerable >= threshold
 
     def _timings(self, prep: _Prepared, generation_ms: float) -> dict[str, float]:
         total = (time.perf_counter() - prep.started) * 1000
         return {
             "retrieval": round(prep.retrieval_ms, 2),
+            "verifier": round(prep.verifier_ms, 2),
             "generation": round(generation_ms, 2),
             "total": round(total, 2),
         }
@@ -233,13 +258,17 @@ class AnswerEngine:
     def _new_id(self) -> str:
         return self.store.new_answer_id()
 
-    def _gate_result(self, prep: _Prepared) -> AnswerResult:
+    def _gate_result(self, prep: _Prepared, layer: str = policy.RETRIEVAL_GATE) -> AnswerResult:
+        """A refusal decided before generation: the retrieval gate or the verifier."""
+        confidence = None
+        if layer == policy.VERIFIER:
+            confidence = round(refusal_confidence(None, [c.score for c in prep.used], prep.answerable), 4)
         return AnswerResult(
             answer_id=self._new_id(),
             answer=REFUSAL_SENTENCE,
             refused=True,
-            refusal_layer=policy.RETRIEVAL_GATE,
-            refusal_confidence=None,
+            refusal_layer=layer,
+            refusal_confidence=confidence,
             citations=[],
             grounded=None,
             grounding_support=None,
@@ -248,17 +277,22 @@ class AnswerEngine:
         )
 
     def _judge(self, prep: _Prepared, text: str, first_token_top: Any, generation_ms: float) -> AnswerResult:
-        confidence = refusal_confidence(first_token_top, [c.score for c in prep.used])
+        confidence = refusal_confidence(first_token_top, [c.score for c in prep.used], prep.answerable)
         outcome = policy.judge_answer(
             text,
             prep.contexts,
             refusal_confidence=confidence,
-            refusal_threshold=self.settings.refusal_threshold,
+            # with a verifier its threshold applied before generation; refusal_threshold is the first token's
+            refusal_threshold=self.settings.refusal_threshold if self.verifier is None else None,
             min_support=self.settings.grounding_min_support,
             enforce_grounding=self.settings.grounding_enforce,
         )
         answer = REFUSAL_SENTENCE if outcome.refused else text.strip()
+        signals = {"first_token": refusal_confidence(first_token_top, [c.score for c in prep.used])}
+        if prep.answerable is not None:
+            signals["verifier"] = confidence
         return AnswerResult(
+            signals=signals,
             answer_id=self._new_id(),
             answer=answer,
             refused=outcome.refused,
@@ -274,8 +308,8 @@ class AnswerEngine:
     # --- the two entry points --------------------------------------------------
     async def answer(self, req: AnswerRequest) -> AnswerResult:
         prep = await self._prepare(req)
-        if not prep.gate.passed:
-            result = self._gate_result(prep)
+        if not prep.gate.passed or self._verifier_refuses(prep):
+            result = self._gate_result(prep, policy.RETRIEVAL_GATE if not prep.gate.passed else policy.VERIFIER)
             await self._log(prep, result, None)
             return result
         t0 = time.perf_counter()
@@ -295,13 +329,14 @@ class AnswerEngine:
         it has run, so a client never sees text that is then replaced.
         """
         prep = await self._prepare(req)
-        if not prep.gate.passed:
-            result = self._gate_result(prep)
+        if not prep.gate.passed or self._verifier_refuses(prep):
+            result = self._gate_result(prep, policy.RETRIEVAL_GATE if not prep.gate.passed else policy.VERIFIER)
             await self._log(prep, result, None)
             yield {"event": "token", "text": result.answer}
             yield {"event": "done", "result": result}
             return
-        hold = self.settings.grounding_enforce or self.settings.refusal_threshold is not None
+        token_threshold = self.settings.refusal_threshold is not None and self.verifier is None
+        hold = self.settings.grounding_enforce or token_threshold
         t0 = time.perf_counter()
         pieces: list[str] = []
         final = None

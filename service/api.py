@@ -80,6 +80,17 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"request body too large (limit {max_bytes} bytes)")
 
 
+def load_verifier(settings: Settings):
+    """The answerability verifier named by ``verifier_path``, or None (then only the model refuses)."""
+    if settings.verifier_path is None:
+        return None
+    from candor.answerability import AnswerabilityVerifier
+
+    verifier = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
+    log.info("answerability verifier %s (threshold %s)", settings.verifier_path, verifier.threshold)
+    return verifier
+
+
 def build_services(settings: Settings) -> Services:
     """Everything the routes need. Heavy models load lazily, on first use or in warm-up."""
     from candor.feedback.store import AnswerStore
@@ -93,7 +104,7 @@ def build_services(settings: Settings) -> Services:
     retriever = Retriever(settings)
     llm = LLMClient(settings)
     renderer = PromptRenderer(settings.resolved_tokenizer_path)
-    engine = AnswerEngine(settings, retriever, llm, renderer, store)
+    engine = AnswerEngine(settings, retriever, llm, renderer, store, load_verifier(settings))
     return Services(
         settings=settings,
         store=store,

@@ -2,9 +2,11 @@
 
 1. retrieval gate: nothing retrieved, or nothing above ``min_retrieval_score``:
    refuse without calling the model;
-2. the model's own refusal, detected robustly (``candor.prompts.is_refusal``),
+2. the answerability verifier (when configured): refuse before generating when
+   1 - P(answerable) reaches its threshold;
+3. the model's own refusal, detected robustly (``candor.prompts.is_refusal``),
    and optionally a confidence threshold on the model's first token;
-3. grounding: how much of the answer the retrieved context supports; an
+4. grounding: how much of the answer the retrieved context supports; an
    unsupported answer is marked ``grounded: false`` and, when enforced, turned
    into the refusal sentence.
 Pure functions; the answer core calls them.
@@ -20,6 +22,7 @@ from candor.prompts import is_refusal, normalize_text
 from candor.stopwords import FUNCTION_WORDS
 
 RETRIEVAL_GATE = "retrieval_gate"
+VERIFIER = "verifier"
 MODEL = "model"
 THRESHOLD = "threshold"
 GROUNDING = "grounding"

@@ -58,6 +58,7 @@ class ModelRef(BaseModel):
 
 class Timings(BaseModel):
     retrieval: float
+    verifier: float = 0.0  # the answerability verifier, when one is configured
     generation: float
     total: float
 
@@ -66,7 +67,7 @@ class ChatResponse(BaseModel):
     answer_id: str
     answer: str
     refused: bool
-    refusal_layer: Literal["retrieval_gate", "model", "threshold", "grounding"] | None
+    refusal_layer: Literal["retrieval_gate", "verifier", "model", "threshold", "grounding"] | None
     refusal_confidence: float | None
     citations: list[Citation]
     grounded: bool | None

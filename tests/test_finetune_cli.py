@@ -164,6 +164,32 @@ def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path,
         logged = db.execute("SELECT count(*) FROM answers WHERE collection = 'tiny-eval'").fetchone()[0]
     assert logged == n  # every answer went through the service's answer log
     assert "end-to-end RAG" in out.with_suffix(".md").read_text()
+    assert res["config"]["refusal_signal"].startswith("first token")
+
+
+def test_eval_rag_mode_with_the_verifier(ft_base_model: Path, settings, tmp_path: Path, monkeypatch, tiny_verifier):
+    """RAG mode with --verifier: the answer core scores the fitted passages; its threshold is the verifier's."""
+    from candor.answerability import VerifierMeta
+    from candor.settings import get_settings
+
+    monkeypatch.setenv("CANDOR_BASE_MODEL_PATH", str(ft_base_model))
+    get_settings.cache_clear()
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=3)
+    write_tiny_squad(src, "dev", n_articles=2, first=3)
+    params = _params(tmp_path, ft_base_model, src, tmp_path / "data")
+    p = yaml.safe_load(params.read_text())
+    p["eval"]["rag"] = {"collection": "tiny-eval", "top_k": 2, "concurrency": 2, "thresholds": {"base": 0.5}}
+    params.write_text(yaml.safe_dump(p))
+    out = tmp_path / "rag" / "eval.json"
+    args = ["eval", "--params", str(params), "--mode", "rag", "-m", "base", "--out", str(out), "--no-progress"]
+    assert main([*args, "--verifier", str(tiny_verifier)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["refusal_signal"].startswith("verifier")
+    base = res["models"]["base"]
+    assert base["threshold"] == VerifierMeta.read(tiny_verifier).threshold  # not the first-token one in params
+    assert "verifier" not in base["refusal_layers"]  # in evaluation the threshold is applied in the metrics
+    assert base["first_token_at_threshold"]["n"] == 6  # the first-token signal, at params' threshold, beside it
+    assert sum(base["refusal_layers"].values()) == base["model_only"]["n"] == 6
 
 
 def test_eval_refuses_the_int8_serving_mode(ft_base_model: Path) -> None:
@@ -173,3 +199,23 @@ def test_eval_refuses_the_int8_serving_mode(ft_base_model: Path) -> None:
 
     with pytest.raises(InvalidInputError, match="not int8"):
         LocalGenerator(ft_base_model, dtype="int8")
+
+
+def test_eval_with_the_verifier_as_the_refusal_signal(ft_base_model: Path, settings, tmp_path: Path, tiny_verifier):
+    """Oracle mode with --verifier: every model's confidence is 1 - P(answerable), the served signal."""
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=6)
+    write_tiny_squad(src, "dev", n_articles=3)
+    cal = tmp_path / "data"
+    params = _params(tmp_path, ft_base_model, src, cal)
+    assert main(["finetune", "build-data", "--params", str(params)]) == 0
+    out = tmp_path / "report" / "eval.json"
+    args = ["eval", "--params", str(params), "-m", "base", "--out", str(out), "--no-progress"]
+    assert main([*args, "--verifier", str(tiny_verifier)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["refusal_signal"].startswith("verifier")
+    lines = (out.parent / "eval-predictions" / "predictions-base.jsonl").read_text().splitlines()
+    preds = [json.loads(line) for line in lines]
+    assert preds and all(0.0 <= p["answerable"] <= 1.0 for p in preds)
+    assert all(abs(p["confidence"] - (1.0 - p["answerable"])) < 1e-4 for p in preds)
+    assert all(p["answerable"] == 0.0 for p in preds if p["category"] == "no_context")  # no passage, no answer
+    assert main([*args, "--verifier", str(tmp_path / "missing")]) == 2  # a clear error, not a traceback

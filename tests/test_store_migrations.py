@@ -26,10 +26,21 @@ def test_migrated_schema_matches_the_models(store):
 
 def test_downgrade_and_upgrade_again(store):
     store.log_answer(answer_record())
-    assert store.downgrade("base") == ("0001", None)
-    assert store.schema_revision() == (None, "0001")
-    assert store.migrate() == (None, "0001")
+    head = head_revision()
+    assert store.downgrade("base") == (head, None)
+    assert store.schema_revision() == (None, head)
+    assert store.migrate() == (None, head)
     assert store.list_answers().items == []
+
+
+def test_verifier_refusals_are_logged_and_survive_a_downgrade(store):
+    """0002 lets the verifier be a refusal layer; going back to 0001 keeps the row as a threshold refusal."""
+    rec = answer_record(refused=True, refusal_layer="verifier", answer="I don't know based on the provided documents.")
+    answer_id = store.log_answer(rec)
+    assert store.get_answer(answer_id).refusal_layer == "verifier"
+    assert store.downgrade("0001") == (head_revision(), "0001")
+    store.migrate()
+    assert store.get_answer(answer_id).refusal_layer == "threshold"
 
 
 def test_first_use_migrates_by_default(store_settings):

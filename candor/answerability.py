@@ -1,0 +1,131 @@
+"""The answerability verifier: does this passage answer this question?
+
+A small cross-encoder (all-MiniLM-L6-v2 with a one-logit head, fine-tuned by
+``candor finetune train-verifier``) reads the question and one passage together
+and gives the probability that the passage holds the answer. A question is as
+answerable as its best passage. The service refuses before generating when
+``1 - p`` reaches ``settings.verifier_threshold``; ``candor eval`` scores with
+the same class, so the measured trade-off is the served one.
+
+Why a second model: the 135M generator's own refusal probability does not
+separate answerable from unanswerable questions (AUROC about 0.50 on dev in
+every run; docs/finetune.md), while a bidirectional encoder that sees the
+question and the passage at once is the standard answerability reader.
+
+On disk (a folder): ``verifier.json`` (format, base model, max length, the
+validation threshold) and ``verifier.safetensors`` holding only the tensors
+that training changed; everything else comes from the base encoder, which is
+the embedding model Candor already ships, so the folder stays a few MB.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from candor.errors import InvalidInputError, NotFoundError
+
+FORMAT = "candor-verifier/1"
+CONFIG_FILE = "verifier.json"
+WEIGHTS_FILE = "verifier.safetensors"
+
+
+@dataclass
+class VerifierMeta:
+    format: str
+    base_model: str  # informational: what the tensors were trained on top of
+    max_length: int
+    threshold: float | None = None  # refusal threshold on 1 - p, chosen on validation
+    validation: dict | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> VerifierMeta:
+        path = Path(folder) / CONFIG_FILE
+        if not path.exists():
+            raise NotFoundError(f"no {CONFIG_FILE} in {folder}: not an answerability verifier")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
+        if data.get("format") != FORMAT:
+            raise InvalidInputError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+        known = {"format", "base_model", "max_length", "threshold", "validation"}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, folder: Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.__dict__, indent=1) + "\n", encoding="utf-8")
+
+
+def load_classifier(base_path: Path):
+    """The base encoder with a fresh one-logit head (training starts here; loading adds the tensors)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not (Path(base_path) / "config.json").exists():
+        raise NotFoundError(f"verifier base encoder not found at {base_path}")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return AutoTokenizer.from_pretrained(base_path), model
+
+
+class AnswerabilityVerifier:
+    """Scores (question, passage) pairs; thread-safe, batched, torch threads set by the caller."""
+
+    def __init__(self, folder: Path, base_path: Path, batch_size: int = 8):
+        import torch
+        from safetensors.torch import load_file
+
+        self.folder = Path(folder)
+        self.meta = VerifierMeta.read(self.folder)
+        weights = self.folder / WEIGHTS_FILE
+        if not weights.exists():
+            raise NotFoundError(f"no {WEIGHTS_FILE} in {folder}")
+        self.tokenizer, self.model = load_classifier(base_path)
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        missing_head = {"classifier.weight", "classifier.bias"} - set(state)
+        if missing_head:
+            raise InvalidInputError(f"{weights}: lacks {sorted(missing_head)}")
+        unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
+        self.model.eval()
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._torch = torch
+
+    @property
+    def threshold(self) -> float | None:
+        return self.meta.threshold
+
+    def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """P(the passage answers the question) for each (question, passage)."""
+        torch = self._torch
+        out: list[float] = []
+        with self._lock, torch.inference_mode():
+            for i in range(0, len(pairs), self.batch_size):
+                batch = pairs[i : i + self.batch_size]
+                enc = self.tokenizer(
+                    [q for q, _ in batch],
+                    [p for _, p in batch],
+                    truncation="only_second",
+                    max_length=self.meta.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                logits = self.model(**enc).logits[:, 0].float()
+                out.extend(torch.sigmoid(logits).tolist())
+        return out
+
+    def answerable_probability(self, question: str, passages: Sequence[str]) -> float:
+        """A question is as answerable as its best passage; with no passage it is not."""
+        if not passages:
+            return 0.0
+        return max(self.probabilities([(question, p) for p in passages]))

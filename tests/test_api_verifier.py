@@ -1,0 +1,65 @@
+"""The verifier layer in the served path: real verifier, real Chroma, real model server, real answer log."""
+
+from __future__ import annotations
+
+import pytest
+from fixtures.api import COLLECTION, make_harness
+from test_api_chat import sse_events
+
+pytestmark = pytest.mark.slow
+
+ANSWERABLE = "Which embedding model does Candor use?"
+
+
+def _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, verifier, threshold):
+    return make_harness(
+        tmp_path,
+        handbook_chroma,
+        model_server.url,
+        base_model_dir,
+        shared_models,
+        verifier_path=verifier,
+        verifier_threshold=threshold,
+        grounding_enforce=False,
+    )
+
+
+def _ask(h, stream: bool = False):
+    body = {"question": ANSWERABLE, "collection": COLLECTION, "stream": stream}
+    return h.client.post("/v1/chat", json=body, headers=h.headers())
+
+
+def test_the_verifier_refuses_before_the_model_is_called(
+    tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier
+):
+    h = _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier, 0.0)
+    with h.client:
+        body = _ask(h).json()
+        assert body["refused"] is True and body["refusal_layer"] == "verifier"
+        assert body["answer"] == "I don't know based on the provided documents." and body["citations"] == []
+        assert body["timings_ms"]["generation"] == 0.0 and body["timings_ms"]["verifier"] > 0
+        assert 0.0 <= body["refusal_confidence"] <= 1.0
+        logged = h.client.get(f"/v1/answers/{body['answer_id']}", headers=h.headers()).json()
+        assert logged["refusal_layer"] == "verifier" and logged["raw_answer"] is None  # no generation happened
+        streamed = _ask(h, stream=True)
+        assert streamed.status_code == 200
+        events = sse_events(streamed.text)
+        assert events[-1][0] == "done" and events[-1][1]["refusal_layer"] == "verifier"
+        assert "".join(d["text"] for n, d in events if n == "token") == body["answer"]
+
+
+def test_a_passing_verifier_hands_over_to_the_model_and_sets_the_confidence(
+    tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier
+):
+    from candor.answerability import AnswerabilityVerifier
+
+    h = _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier, 1.0)
+    with h.client:
+        body = _ask(h).json()
+        assert body["refusal_layer"] != "verifier"
+        assert body["timings_ms"]["generation"] > 0  # the model answered (or refused by itself)
+        logged = h.client.get(f"/v1/answers/{body['answer_id']}", headers=h.headers()).json()
+    contexts = [c["prompt_text"] for c in logged["chunks"] if c["prompt_text"] is not None]
+    verifier = AnswerabilityVerifier(tiny_verifier, h.settings.resolved_embed_model_path)
+    p = verifier.answerable_probability(ANSWERABLE, contexts)
+    assert body["refusal_confidence"] == pytest.approx(1.0 - p, abs=2e-3)

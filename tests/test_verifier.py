@@ -1,0 +1,137 @@
+"""The answerability verifier: its training pairs, its training run, its folder, and the service layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fixtures.finetune import write_tiny_squad
+
+from candor.answerability import CONFIG_FILE, AnswerabilityVerifier, VerifierMeta
+from candor.errors import InvalidInputError, NotFoundError
+from candor.finetune.dataset import split_articles
+from candor.finetune.squad import load_squad
+from candor.finetune.verifier import VerifierConfig, build_pairs, remove_answer_sentences, train_verifier
+from candor.settings import Settings
+
+PARA = "Zorvia is a small country. Its capital is Lumen. Zorvia was founded in 1822. It has long winters."
+
+
+def test_remove_answer_sentences_drops_exactly_the_answer_sentences():
+    assert remove_answer_sentences(PARA, ("Lumen",)) == (
+        "Zorvia is a small country. Zorvia was founded in 1822. It has long winters."
+    )
+    assert remove_answer_sentences(PARA, ("1822", "Lumen")) == "Zorvia is a small country. It has long winters."
+    assert remove_answer_sentences(PARA, ("Paris",)) is None  # nothing removed: not a negative
+    assert remove_answer_sentences("Lumen. Lumen again.", ("Lumen",)) is None  # nothing left
+    assert remove_answer_sentences(PARA, ()) is None
+
+
+def test_pairs_have_the_four_kinds_right_labels_and_are_deterministic(tmp_path: Path):
+    corpus = load_squad(write_tiny_squad(tmp_path, "train", n_articles=6), "train")
+    cfg = VerifierConfig(miss_ratio=1.0, removed_ratio=1.0)
+    pairs = build_pairs(corpus, cfg, "train")
+    assert pairs == build_pairs(corpus, cfg, "train")
+    assert pairs != build_pairs(corpus, VerifierConfig(miss_ratio=1.0, removed_ratio=1.0, seed=2), "train")
+    kinds = {p.kind for p in pairs}
+    assert kinds == {"answerable", "unanswerable", "retrieval_miss", "answer_removed"}
+    questions = {q.question: q for q in corpus.questions}
+    for p in pairs:
+        q = questions[p.question]
+        assert p.label == (1 if p.kind == "answerable" else 0)
+        assert p.article == corpus.paragraphs[q.doc_id].article  # negatives stay inside the article
+        if p.kind in ("retrieval_miss", "answer_removed"):
+            assert not q.is_impossible
+            assert not any(a.lower() in p.passage.lower() for a in q.answers)  # the answer is really gone
+    assert sum(p.kind in ("answerable", "unanswerable") for p in pairs) == len(corpus.questions)
+    none = build_pairs(corpus, VerifierConfig(miss_ratio=0.0, removed_ratio=0.0), "train")
+    assert {p.kind for p in none} == {"answerable", "unanswerable"}
+
+
+def test_training_learns_writes_a_small_loadable_folder_and_resumes(tmp_path: Path):
+    import torch
+
+    from candor.answerability import load_classifier
+    from candor.finetune.verifier import score_pairs
+
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=6)
+    corpus = load_squad(src, "train")
+    base = Settings().resolved_embed_model_path
+    out = tmp_path / "run"
+    cfg = VerifierConfig(
+        output_dir=str(out), val_articles=2, batch_size=8, learning_rate=3e-4, max_steps=4, save_steps=2
+    )
+    first = train_verifier(cfg, corpus, base, progress=False)
+    assert first["steps"] == 4 and sorted((out / "checkpoints").glob("step-*.pt"))[-1].name == "step-000004.pt"
+    cfg.max_steps = 30
+    summary = train_verifier(cfg, corpus, base, progress=False)  # resumes from step 4
+    assert summary["steps"] == 30
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # a resumed run continues the log; no step is trained twice
+
+    train_articles, val_articles = split_articles(corpus, 2, cfg.seed)
+    assert set(summary["val_articles"]) == val_articles and not val_articles & train_articles
+    pairs = build_pairs(corpus.subset(train_articles), cfg, "train")
+    labels = torch.tensor([float(p.label) for p in pairs])
+
+    def bce(probs):
+        return torch.nn.functional.binary_cross_entropy(torch.tensor(probs).clamp(1e-6, 1 - 1e-6), labels).item()
+
+    tok, fresh = load_classifier(base)
+    torch.manual_seed(cfg.seed)
+    folder = out / "verifier"
+    trained = AnswerabilityVerifier(folder, base)
+    after = bce(trained.probabilities([(p.question, p.passage) for p in pairs]))
+    before = bce(score_pairs(fresh, tok, pairs, cfg.max_length))
+    assert after < before - 0.05, (before, after)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 25 * 1024 * 1024  # word embeddings are frozen and not saved
+    meta = VerifierMeta.read(folder)
+    assert meta.validation["pairs"] > 0 and 0.0 <= meta.validation["auroc"] <= 1.0
+    assert trained.threshold == meta.threshold
+    assert trained.answerable_probability("anything?", []) == 0.0
+    p = trained.answerable_probability("What is Zorvia?", [PARA, "Unrelated text about birds."])
+    assert p == max(
+        trained.probabilities([("What is Zorvia?", PARA), ("What is Zorvia?", "Unrelated text about birds.")])
+    )
+
+
+def test_a_bad_verifier_folder_is_a_clear_error(tmp_path: Path, tiny_verifier: Path):
+    base = Settings().resolved_embed_model_path
+    with pytest.raises(NotFoundError, match="not an answerability verifier"):
+        AnswerabilityVerifier(tmp_path, base)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({"format": "something-else/9"}))
+    with pytest.raises(InvalidInputError, match="format"):
+        AnswerabilityVerifier(tmp_path, base)
+    (tmp_path / CONFIG_FILE).write_text((tiny_verifier / CONFIG_FILE).read_text())
+    with pytest.raises(NotFoundError, match="verifier.safetensors"):
+        AnswerabilityVerifier(tmp_path, base)
+
+
+def test_the_train_verifier_command_reports_bad_params(tmp_path: Path, capsys):
+    from candor.cli.main import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("verifier:\n  miss_ratio: 3\n")
+    assert main(["finetune", "train-verifier", "--params", str(params)]) == 2
+    assert "miss_ratio" in capsys.readouterr().err
+    params.write_text("verifier:\n  lerning_rate: 1\n")
+    assert main(["finetune", "train-verifier", "--params", str(params)]) == 2
+    assert "unknown keys" in capsys.readouterr().err
+
+
+def test_ship_verifier_copies_the_folder_with_a_card(tmp_path: Path, tiny_verifier: Path, capsys):
+    from candor.cli.main import main
+
+    dest = tmp_path / "models" / "candor-verifier"
+    assert main(["finetune", "ship-verifier", str(tiny_verifier.parent), "--dest", str(dest)]) == 0
+    assert {f.name for f in dest.iterdir()} == {"verifier.json", "verifier.safetensors", "README.md", "training.json"}
+    card = (dest / "README.md").read_text()
+    meta = VerifierMeta.read(dest)
+    assert f"AUROC {meta.validation['auroc']}" in card and "answer_removed" in card
+    verifier = AnswerabilityVerifier(dest, Settings().resolved_embed_model_path)
+    assert 0.0 <= verifier.answerable_probability("What is Zorvia?", [PARA]) <= 1.0
+    assert main(["finetune", "ship-verifier", str(tmp_path / "nothing"), "--dest", str(dest)]) == 2
+    assert "train the verifier first" in capsys.readouterr().err
+    assert (dest / "verifier.safetensors").exists()  # a failed ship leaves the shipped one alone
