@@ -101,3 +101,11 @@ def test_refusal_confidence_from_protocol_alternatives() -> None:
     assert refusal_confidence(top, [0.9, 0.2]) == pytest.approx(0.65)
     assert refusal_confidence(top, [0.1]) == pytest.approx(1.0)
     assert 0.65 < refusal_confidence(top, [0.25]) < 1.0
+
+
+def test_refusal_confidence_from_the_verifier_replaces_the_first_token() -> None:
+    top = [("I", math.log(0.6)), ("The", math.log(0.3))]
+    assert refusal_confidence(top, None, answerable_probability=0.9) == pytest.approx(0.1)
+    assert refusal_confidence(None, None, answerable_probability=0.25) == pytest.approx(0.75)  # before generation
+    assert refusal_confidence(None, [0.1], answerable_probability=0.9) == pytest.approx(1.0)  # weak retrieval counts
+    assert refusal_confidence(None, None, answerable_probability=1.7) == pytest.approx(0.0)  # clipped
