@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults: set up, prepare the base model, ingest the sample corpus
 # (samples/handbook, Candor's own handbook), start the model server and the API, then ask one question
-# the handbook answers and three it does not: one the model itself refuses, two the retrieval gate stops.
+# the handbook answers and four it does not: one the model itself refuses, one the answerability
+# verifier refuses before the model is called, two the retrieval gate stops.
 # Servers stop at the end unless KEEP_RUNNING=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,12 @@ ADAPTER_ARGS=()
 if [ -f "$ADAPTER_DIR/adapter_config.json" ]; then
   ADAPTER_ARGS=(--adapter "refusal=$ADAPTER_DIR")
   export CANDOR_LLM_ADAPTER=refusal
+fi
+
+# The shipped answerability verifier (models/candor-verifier): the API refuses before generating
+# when it judges that no retrieved passage answers the question.
+if [ -f models/candor-verifier/verifier.json ]; then
+  export CANDOR_VERIFIER_PATH="${CANDOR_VERIFIER_PATH:-models/candor-verifier}"
 fi
 
 candor model prepare
@@ -56,7 +63,8 @@ wait_for "http://127.0.0.1:${API_PORT}/readyz" 120 "the API"
 
 ask() { echo; echo "Q: $1"; candor ask "$1" --collection "$COLLECTION"; }
 ask "Which embedding model does Candor use?"                      # the handbook answers it
-ask "Which GPU model does Candor require?"                        # passes the retrieval gate; the model refuses
+ask "Which GPU model does Candor require?"                        # passes the gate and the verifier; the model refuses
+ask "How many languages does Candor's user interface support?"    # passes the gate; the verifier refuses
 ask "How much does a Candor enterprise subscription cost per year?"  # refused by the retrieval gate
 ask "What is the boiling point of mercury?"                       # off topic: refused by the retrieval gate
 echo

@@ -1,0 +1,54 @@
+"""What the README's demo shows, held by a test: the shipped adapter and verifier on the handbook.
+
+Each refusal layer appears once, with the real shipped files (models/candor-refusal served by a real
+model server, models/candor-verifier in the API), so a retrained adapter or verifier that loses one
+of these behaviours fails here rather than in front of a user running scripts/demo.sh.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fixtures.api import COLLECTION, make_harness
+from fixtures.core import REPO_ROOT
+
+from candor.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+ADAPTER = REPO_ROOT / "models" / "candor-refusal"
+VERIFIER = REPO_ROOT / "models" / "candor-verifier"
+
+
+@pytest.fixture(scope="module")
+def shipped_server(model_server_factory):
+    return model_server_factory(adapters={"refusal": ADAPTER})
+
+
+def test_the_demo_questions_take_the_layers_the_readme_names(
+    tmp_path, handbook_chroma, shipped_server, base_model_dir, shared_models
+):
+    h = make_harness(
+        tmp_path,
+        handbook_chroma,
+        shipped_server.url,
+        base_model_dir,
+        shared_models,
+        llm_adapter="refusal",
+        verifier_path=VERIFIER,
+        max_new_tokens=Settings.model_fields["max_new_tokens"].default,  # the demo's prompt budget
+    )
+    expected = {
+        "Which embedding model does Candor use?": None,
+        "Which GPU model does Candor require?": "model",
+        "How many languages does Candor's user interface support?": "verifier",
+        "How much does a Candor enterprise subscription cost per year?": "retrieval_gate",
+        "What is the boiling point of mercury?": "retrieval_gate",
+    }
+    with h.client:
+        for question, layer in expected.items():
+            body = h.client.post(
+                "/v1/chat", json={"question": question, "collection": COLLECTION}, headers=h.headers()
+            ).json()
+            assert body["refusal_layer"] == layer, (question, body["answer"], body["refusal_confidence"])
+            assert body["refused"] is (layer is not None)
+            assert body["model"]["adapter"] == "refusal"
