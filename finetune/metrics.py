@@ -243,7 +243,7 @@ def summarize(items: Sequence[Scored], threshold: float | None, n_boot: int = 10
         **point,
         "auroc": auroc(items),
         "curve_area": curve_area(curve),
-        "ci95": ci,
+        "ci95": ci if n_boot else {},  # no resamples, no interval (rather than NaN bounds)
         "per_category": per_category,
         "curve": curve,
     }

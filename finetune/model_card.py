@@ -40,7 +40,7 @@ def _metrics_table(ev: dict, model_names: list[str]) -> list[str]:
             r = ev["models"][n]
             m = r.get("at_threshold") or r["model_only"]
             if key == "auroc":
-                cells.append(f"{m['auroc']:.3f}")
+                cells.append("–" if m.get("auroc") is None else f"{m['auroc']:.3f}")
             elif key:
                 cells.append(_pct(m[key]))
             elif label.startswith("EM"):

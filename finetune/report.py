@@ -30,7 +30,7 @@ def _fmt(v, ci=None) -> str:
     if isinstance(v, float) and v != v:
         return "nan"
     s = f"{100 * v:.1f}"
-    if ci and all(c == c for c in ci):
+    if ci and all(c is not None and c == c for c in ci):
         s += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
     return s
 
@@ -131,8 +131,20 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
+def json_safe(value):
+    """``value`` with every NaN float replaced by None: strict JSON has no NaN (an undefined metric,
+    e.g. answered-F1 of a model that answered nothing, becomes null)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_report(results: dict, out_json: Path, out_md: Path | None = None, title: str = "Candor evaluation") -> None:
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    out_json.write_text(json.dumps(json_safe(results), indent=1, default=str, allow_nan=False) + "\n", encoding="utf-8")
     if out_md is not None:
         out_md.write_text(markdown(results, title), encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from candor.finetune.metrics import (
     token_f1,
     tradeoff_curve,
 )
+from candor.finetune.report import write_report
 from candor.refusal_score import refusal_confidence, refusal_token_probability
 
 
@@ -90,6 +92,18 @@ def test_choose_threshold_and_summary() -> None:
     assert 0.0 <= lo <= s["over_refusal"] <= hi <= 1.0
     assert set(s["per_category"]) == {"answerable", "unanswerable"}
     assert s["per_category"]["unanswerable"]["refused_rate"] == pytest.approx(2 / 3)
+
+
+def test_report_json_is_strict_without_resamples_or_answers(tmp_path) -> None:
+    # only unanswerable questions: the AUROC is undefined (NaN in memory); n_boot=0 gives no interval
+    s = summarize([Scored(True, True, 0.9), Scored(True, False, 0.2)], None, n_boot=0)
+    assert s["ci95"] == {} and math.isnan(s["auroc"])
+    out = tmp_path / "r.json"
+    write_report({"config": {}, "models": {"m": {"model_only": s}}}, out, tmp_path / "r.md")
+    text = out.read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["models"]["m"]["model_only"]["auroc"] is None
+    assert "| refusal-confidence AUROC | nan |" in (tmp_path / "r.md").read_text()
 
 
 def test_refusal_confidence_from_protocol_alternatives() -> None:
