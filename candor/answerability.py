@@ -4,8 +4,9 @@ A small cross-encoder (all-MiniLM-L6-v2 with a one-logit head, fine-tuned by
 ``candor finetune train-verifier``) reads the question and one passage together
 and gives the probability that the passage holds the answer. A question is as
 answerable as its best passage. The service refuses before generating when
-``1 - p`` reaches ``settings.verifier_threshold``; ``candor eval`` scores with
-the same class, so the measured trade-off is the served one.
+``1 - p`` (raised by a weak best retrieval match: ``candor.refusal_score``)
+reaches ``settings.verifier_threshold``; ``candor eval`` scores with the same
+class and the same confidence, so the measured trade-off is the served one.
 
 Why a second model: the 135M generator's own refusal probability does not
 separate answerable from unanswerable questions (AUROC about 0.50 on dev in
@@ -50,10 +51,21 @@ class VerifierMeta:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{path}: expected a JSON object")
         if data.get("format") != FORMAT:
             raise InvalidInputError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+        max_length, threshold = data.get("max_length"), data.get("threshold")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
+            raise InvalidInputError(f"{path}: max_length must be an integer of at least 8, not {max_length!r}")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0
+        ):
+            raise InvalidInputError(f"{path}: threshold must be a number from 0 to 1 (or null), not {threshold!r}")
         known = {"format", "base_model", "max_length", "threshold", "validation"}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known}
+        fields.setdefault("base_model", "")
+        return cls(**fields)
 
     def write(self, folder: Path) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -89,11 +101,21 @@ class AnswerabilityVerifier:
         if not weights.exists():
             raise NotFoundError(f"no {WEIGHTS_FILE} in {folder}")
         self.tokenizer, self.model = load_classifier(base_path)
-        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        try:
+            state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
+            raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
         missing_head = {"classifier.weight", "classifier.bias"} - set(state)
         if missing_head:
             raise InvalidInputError(f"{weights}: lacks {sorted(missing_head)}")
-        unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+        try:
+            unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+        except RuntimeError as exc:  # shape mismatch: trained on top of another encoder
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise InvalidInputError(
+                f"{weights} does not fit the encoder at {base_path} (trained on {self.meta.base_model or 'another'}): "
+                f"{first}"
+            ) from None
         if unexpected:
             raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
         self.model.eval()

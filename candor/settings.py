@@ -122,7 +122,8 @@ class Settings(BaseSettings):
         None,
         ge=0.0,
         le=1.0,
-        description="Refuse before generating when 1 - P(answerable) reaches this; default: the verifier's own.",
+        description="Refuse before generating when 1 - P(answerable), raised by a weak best retrieval match, "
+        "reaches this; default: the verifier's own.",
     )
     grounding_min_support: float = Field(0.5, ge=0.0, le=1.0)
     grounding_enforce: bool = Field(True, description="Turn ungrounded answers into refusals.")

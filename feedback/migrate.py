@@ -39,13 +39,36 @@ def current_revision(engine: Engine) -> str | None:
 
 def _run(engine: Engine, step: Callable[[Config, str], None], revision: str) -> tuple[str | None, str | None]:
     write = engine.execution_options(candor_write=True)
-    with write.connect() as conn, conn.begin():
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-        before = MigrationContext.configure(conn).get_current_revision()
-        step(alembic_config(conn), revision)
-        after = MigrationContext.configure(conn).get_current_revision()
+    with write.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copying it and dropping the original; with foreign keys on, that
+            # DROP deletes the rows and cascades to answer_chunks and flags. The pragma only takes
+            # effect outside a transaction, so it is set on the raw (autocommit) connection first.
+            _sqlite_pragma(conn, "PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+                before = MigrationContext.configure(conn).get_current_revision()
+                step(alembic_config(conn), revision)
+                after = MigrationContext.configure(conn).get_current_revision()
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:  # raising rolls the whole migration back
+                        raise RuntimeError(f"migration to {revision} left {len(broken)} dangling references")
+        finally:
+            if sqlite:
+                _sqlite_pragma(conn, "PRAGMA foreign_keys = ON")
     return before, after
+
+
+def _sqlite_pragma(conn: Connection, statement: str) -> None:
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(statement)
+    finally:
+        cur.close()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:

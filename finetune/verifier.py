@@ -254,18 +254,27 @@ def train_verifier(
     max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(per_epoch * cfg.num_train_epochs)
     budget_s = cfg.time_budget_minutes * 60
 
-    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0}
+    # what a checkpoint's batch position means: resuming under other settings would train other batches
+    plan = {"seed": cfg.seed, "batch_size": cfg.batch_size, "pairs": len(train_pairs), "max_length": cfg.max_length}
+    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "plan": plan}
     ckpt = _latest_checkpoint(out) if resume else None
     if ckpt is not None:
         payload = torch.load(ckpt, weights_only=False)
+        saved_plan = payload["state"].get("plan")
+        if saved_plan is not None and saved_plan != plan:
+            raise InvalidInputError(
+                f"{ckpt} was made with {saved_plan}, this run has {plan}: start over with --fresh "
+                "or restore the settings"
+            )
         model.load_state_dict(payload["trainable"], strict=False)
         optimizer.load_state_dict(payload["optimizer"])
         state = payload["state"]
         random.setstate(payload["rng"]["python"])
         torch.set_rng_state(payload["rng"]["torch"])
         log.info("resumed from %s (step %d)", ckpt.name, state["step"])
-    elif (out / "checkpoints").exists():
-        shutil.rmtree(out / "checkpoints")
+    else:  # a fresh start: no old checkpoint to resume later, no old log lines
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "train_log.jsonl").unlink(missing_ok=True)
 
     def lr_at(step: int, elapsed: float) -> float:
         progress_ = max(step / max_steps, elapsed / budget_s if budget_s else 0.0)
@@ -316,6 +325,9 @@ def train_verifier(
                 state["epoch"] += 1
                 state["batch"] = 0
     bar.close()
+    if not cfg.save_steps or state["step"] % cfg.save_steps:
+        # the end is a checkpoint too: running again resumes here and rewrites the same verifier
+        _save_checkpoint(out, model, optimizer, state)
     train_seconds = time.monotonic() - started
     validation = None
     if val_pairs:

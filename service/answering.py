@@ -127,6 +127,7 @@ class AnswerEngine:
         self.renderer = renderer
         self.store = store
         self._embed_limiter = anyio.CapacityLimiter(1)
+        self._verifier_limiter = anyio.CapacityLimiter(1)  # its own: retrieval must not queue behind it
         self._info: Any = None
 
     # --- pieces ------------------------------------------------------------
@@ -178,8 +179,9 @@ class AnswerEngine:
         prep.prompt = self.renderer.render(fitted.messages)
         if self.verifier is not None:
             t0 = time.perf_counter()
+            # the retrieval query: a follow-up carries its subject from the earlier turns
             prep.answerable = await anyio.to_thread.run_sync(
-                self.verifier.answerable_probability, req.question, prep.contexts, limiter=self._embed_limiter
+                self.verifier.answerable_probability, query, prep.contexts, limiter=self._verifier_limiter
             )
             prep.verifier_ms = (time.perf_counter() - t0) * 1000
         return prep
@@ -191,9 +193,17 @@ class AnswerEngine:
             return self.settings.verifier_threshold
         return self.verifier.threshold
 
+    def _verifier_confidence(self, prep: _Prepared) -> float | None:
+        """The refusal confidence before generation: 1 - P(answerable), raised by a weak best retrieval
+        match, exactly as reported in ``refusal_confidence`` and scored by ``candor eval``."""
+        if prep.answerable is None:
+            return None
+        return refusal_confidence(None, [c.score for c in prep.used], prep.answerable)
+
     def _verifier_refuses(self, prep: _Prepared) -> bool:
         threshold = self.verifier_threshold()
-        return prep.answerable is not None and threshold is not None and 1.0 - prep.answerable >= threshold
+        confidence = self._verifier_confidence(prep)
+        return confidence is not None and threshold is not None and confidence >= threshold
 
     def _timings(self, prep: _Prepared, generation_ms: float) -> dict[str, float]:
         total = (time.perf_counter() - prep.started) * 1000
@@ -262,7 +272,7 @@ class AnswerEngine:
         """A refusal decided before generation: the retrieval gate or the verifier."""
         confidence = None
         if layer == policy.VERIFIER:
-            confidence = round(refusal_confidence(None, [c.score for c in prep.used], prep.answerable), 4)
+            confidence = round(self._verifier_confidence(prep), 4)
         return AnswerResult(
             answer_id=self._new_id(),
             answer=REFUSAL_SENTENCE,

@@ -18,6 +18,7 @@ from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candor import __version__
+from candor.errors import InvalidInputError, NotFoundError
 from candor.service.deps import Services
 from candor.service.errors import install_error_handlers
 from candor.service.metrics import ApiMetrics
@@ -86,9 +87,28 @@ def load_verifier(settings: Settings):
         return None
     from candor.answerability import AnswerabilityVerifier
 
+    check_verifier(settings)
     verifier = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
-    log.info("answerability verifier %s (threshold %s)", settings.verifier_path, verifier.threshold)
+    threshold = settings.verifier_threshold if settings.verifier_threshold is not None else verifier.threshold
+    log.info("answerability verifier %s (threshold %s)", settings.verifier_path, threshold)
     return verifier
+
+
+def check_verifier(settings: Settings) -> None:
+    """Fail before serving, with a message, when the configured verifier cannot work: its folder or
+    files are missing or malformed, or it has no threshold (it would cost every request its scoring
+    time and never refuse, while the first-token threshold is off whenever a verifier is set)."""
+    if settings.verifier_path is None:
+        return
+    from candor.answerability import WEIGHTS_FILE, VerifierMeta
+
+    meta = VerifierMeta.read(settings.verifier_path)
+    if not (settings.verifier_path / WEIGHTS_FILE).exists():
+        raise NotFoundError(f"no {WEIGHTS_FILE} in {settings.verifier_path}")
+    if settings.verifier_threshold is None and meta.threshold is None:
+        raise InvalidInputError(
+            f"the verifier at {settings.verifier_path} stores no threshold: set CANDOR_VERIFIER_THRESHOLD"
+        )
 
 
 def build_services(settings: Settings) -> Services:

@@ -3,7 +3,7 @@
 1. retrieval gate: nothing retrieved, or nothing above ``min_retrieval_score``:
    refuse without calling the model;
 2. the answerability verifier (when configured): refuse before generating when
-   1 - P(answerable) reaches its threshold;
+   1 - P(answerable), raised by a weak best retrieval match, reaches its threshold;
 3. the model's own refusal, detected robustly (``candor.prompts.is_refusal``),
    and optionally a confidence threshold on the model's first token;
 4. grounding: how much of the answer the retrieved context supports; an

@@ -63,3 +63,17 @@ def test_a_passing_verifier_hands_over_to_the_model_and_sets_the_confidence(
     verifier = AnswerabilityVerifier(tiny_verifier, h.settings.resolved_embed_model_path)
     p = verifier.answerable_probability(ANSWERABLE, contexts)
     assert body["refusal_confidence"] == pytest.approx(1.0 - p, abs=2e-3)
+    # thresholds just either side of the measured confidence: the gate's direction, not only its extremes
+    c = body["refusal_confidence"]
+    if c >= 0.02:
+        below = _harness(
+            tmp_path / "below", handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier, c - 0.01
+        )
+        with below.client:
+            assert _ask(below).json()["refusal_layer"] == "verifier"
+    if c <= 0.98:
+        above = _harness(
+            tmp_path / "above", handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier, c + 0.01
+        )
+        with above.client:
+            assert _ask(above).json()["refusal_layer"] != "verifier"

@@ -34,13 +34,21 @@ def test_downgrade_and_upgrade_again(store):
 
 
 def test_verifier_refusals_are_logged_and_survive_a_downgrade(store):
-    """0002 lets the verifier be a refusal layer; going back to 0001 keeps the row as a threshold refusal."""
+    """0002 lets the verifier be a refusal layer; going back to 0001 keeps the row as a threshold refusal.
+    Neither direction may lose an answer's chunks or its flags (SQLite rebuilds the table to alter it)."""
     rec = answer_record(refused=True, refusal_layer="verifier", answer="I don't know based on the provided documents.")
     answer_id = store.log_answer(rec)
+    flag = store.add_feedback(answer_id, "correct")
+    n_chunks = len(rec["chunks"])
+    assert n_chunks > 0 and len(store.get_answer(answer_id).chunks) == n_chunks
     assert store.get_answer(answer_id).refusal_layer == "verifier"
     assert store.downgrade("0001") == (head_revision(), "0001")
+    assert len(store.get_answer(answer_id).chunks) == n_chunks
+    assert store.get_flag(flag.id).answer_id == answer_id
     store.migrate()
-    assert store.get_answer(answer_id).refusal_layer == "threshold"
+    after = store.get_answer(answer_id)
+    assert after.refusal_layer == "threshold" and len(after.chunks) == n_chunks
+    assert store.get_flag(flag.id).answer_id == answer_id
 
 
 def test_first_use_migrates_by_default(store_settings):

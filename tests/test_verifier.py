@@ -49,10 +49,11 @@ def test_pairs_have_the_four_kinds_right_labels_and_are_deterministic(tmp_path: 
     assert {p.kind for p in none} == {"answerable", "unanswerable"}
 
 
-def test_training_learns_writes_a_small_loadable_folder_and_resumes(tmp_path: Path):
+def test_training_learns_writes_a_small_loadable_folder_and_resumes(tmp_path: Path, monkeypatch):
     import torch
 
     from candor.answerability import load_classifier
+    from candor.finetune import verifier as verifier_mod
     from candor.finetune.verifier import score_pairs
 
     src = write_tiny_squad(tmp_path / "squad", "train", n_articles=6)
@@ -60,15 +61,46 @@ def test_training_learns_writes_a_small_loadable_folder_and_resumes(tmp_path: Pa
     base = Settings().resolved_embed_model_path
     out = tmp_path / "run"
     cfg = VerifierConfig(
-        output_dir=str(out), val_articles=2, batch_size=8, learning_rate=3e-4, max_steps=4, save_steps=2
+        output_dir=str(out),
+        val_articles=2,
+        batch_size=8,
+        learning_rate=3e-4,
+        max_steps=14,
+        save_steps=4,
+        logging_steps=1,
     )
-    first = train_verifier(cfg, corpus, base, progress=False)
-    assert first["steps"] == 4 and sorted((out / "checkpoints").glob("step-*.pt"))[-1].name == "step-000004.pt"
-    cfg.max_steps = 30
-    summary = train_verifier(cfg, corpus, base, progress=False)  # resumes from step 4
-    assert summary["steps"] == 30
-    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps))  # a resumed run continues the log; no step is trained twice
+    # a run that dies right after its step-8 checkpoint, then the same command again
+    real_save = verifier_mod._save_checkpoint
+
+    def save_then_crash(out_dir, model, optimizer, state):
+        real_save(out_dir, model, optimizer, state)
+        if state["step"] == 8:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(verifier_mod, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_verifier(cfg, corpus, base, progress=False)
+    monkeypatch.setattr(verifier_mod, "_save_checkpoint", real_save)
+    assert [c.name for c in (out / "checkpoints").glob("step-*.pt")] == ["step-000008.pt"]
+    summary = train_verifier(cfg, corpus, base, progress=False)  # resumes from step 8
+    assert summary["steps"] == 14
+    assert sorted((out / "checkpoints").glob("step-*.pt"))[-1].name == "step-000014.pt"  # the end is saved too
+    log_lines = (out / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log_lines] == list(range(1, 15))  # no step twice, none lost
+    # the resumed run ends where one uninterrupted run does: optimizer, RNG and batch position were restored
+    straight = VerifierConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "straight")})
+    train_verifier(straight, corpus, base, progress=False)
+    from safetensors.torch import load_file
+
+    resumed_w = load_file(str(out / "verifier" / "verifier.safetensors"))
+    straight_w = load_file(str(tmp_path / "straight" / "verifier" / "verifier.safetensors"))
+    assert resumed_w.keys() == straight_w.keys()
+    assert all(torch.allclose(resumed_w[k].float(), straight_w[k].float(), atol=1e-3) for k in resumed_w)
+    # running a finished run again trains nothing more; a changed batch size cannot resume silently
+    assert train_verifier(cfg, corpus, base, progress=False)["steps"] == 14
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 14
+    with pytest.raises(InvalidInputError, match="--fresh"):
+        train_verifier(VerifierConfig(**{**cfg.__dict__, "batch_size": 4}), corpus, base, progress=False)
 
     train_articles, val_articles = split_articles(corpus, 2, cfg.seed)
     assert set(summary["val_articles"]) == val_articles and not val_articles & train_articles
@@ -104,9 +136,43 @@ def test_a_bad_verifier_folder_is_a_clear_error(tmp_path: Path, tiny_verifier: P
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"format": "something-else/9"}))
     with pytest.raises(InvalidInputError, match="format"):
         AnswerabilityVerifier(tmp_path, base)
-    (tmp_path / CONFIG_FILE).write_text((tiny_verifier / CONFIG_FILE).read_text())
+    good = json.loads((tiny_verifier / CONFIG_FILE).read_text())
+    for bad, message in (
+        ([1, 2], "JSON object"),
+        ({**good, "threshold": "0.31"}, "threshold must be a number"),
+        ({**good, "threshold": 31}, "threshold must be a number"),
+        ({k: v for k, v in good.items() if k != "max_length"}, "max_length"),
+    ):
+        (tmp_path / CONFIG_FILE).write_text(json.dumps(bad))
+        with pytest.raises(InvalidInputError, match=message):
+            AnswerabilityVerifier(tmp_path, base)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(good))
     with pytest.raises(NotFoundError, match="verifier.safetensors"):
         AnswerabilityVerifier(tmp_path, base)
+    (tmp_path / "verifier.safetensors").write_bytes(b"not tensors")
+    with pytest.raises(InvalidInputError, match="not a readable safetensors file"):
+        AnswerabilityVerifier(tmp_path, base)
+
+
+def test_a_verifier_that_cannot_serve_stops_candor_serve_with_a_message(
+    tmp_path: Path, tiny_verifier, capsys, monkeypatch
+):
+    from candor.cli.main import main
+    from candor.service.api import check_verifier
+
+    settings = Settings(verifier_path=tiny_verifier)
+    check_verifier(settings)  # the real one passes
+    no_threshold = tmp_path / "v"
+    no_threshold.mkdir()
+    (no_threshold / "verifier.safetensors").write_bytes((tiny_verifier / "verifier.safetensors").read_bytes())
+    meta = json.loads((tiny_verifier / CONFIG_FILE).read_text())
+    (no_threshold / CONFIG_FILE).write_text(json.dumps({**meta, "threshold": None}))
+    with pytest.raises(InvalidInputError, match="CANDOR_VERIFIER_THRESHOLD"):
+        check_verifier(Settings(verifier_path=no_threshold))
+    check_verifier(Settings(verifier_path=no_threshold, verifier_threshold=0.4))  # a set threshold will do
+    monkeypatch.setenv("CANDOR_VERIFIER_PATH", str(tmp_path / "missing"))
+    assert main(["serve", "--port", "1"]) != 0  # before uvicorn starts: no port is bound
+    assert "not an answerability verifier" in capsys.readouterr().err
 
 
 def test_the_train_verifier_command_reports_bad_params(tmp_path: Path, capsys):
@@ -135,3 +201,22 @@ def test_ship_verifier_copies_the_folder_with_a_card(tmp_path: Path, tiny_verifi
     assert main(["finetune", "ship-verifier", str(tmp_path / "nothing"), "--dest", str(dest)]) == 2
     assert "train the verifier first" in capsys.readouterr().err
     assert (dest / "verifier.safetensors").exists()  # a failed ship leaves the shipped one alone
+
+
+def test_the_gate_uses_the_confidence_the_api_reports_and_eval_scores():
+    """A weak best retrieval match raises 1 - P before the threshold applies, as ``refusal_confidence``
+    reports it and ``candor eval`` scores it: the served decision is the measured one."""
+    from types import SimpleNamespace
+
+    from candor.refusal_score import refusal_confidence
+    from candor.service.answering import AnswerEngine
+
+    engine = AnswerEngine(Settings(), None, None, None, None, verifier=SimpleNamespace(threshold=0.3115))
+    weak = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.32), SimpleNamespace(score=0.2)])
+    strong = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.6)])
+    assert refusal_confidence(None, [0.32, 0.2], 0.75) == pytest.approx(1 - 0.75 * (1 - 0.15))  # 0.3625
+    assert engine._verifier_refuses(weak)  # 0.3625 >= 0.3115, though 1 - P alone (0.25) is below it
+    assert not engine._verifier_refuses(strong)  # 0.25
+    assert not engine._verifier_refuses(SimpleNamespace(answerable=None, used=[]))  # the gate stopped it earlier
+    engine.settings = Settings(verifier_threshold=0.2)  # the setting overrides the verifier's own threshold
+    assert engine._verifier_refuses(strong)
