@@ -24,12 +24,13 @@ def serve(
     """Run the chat API (FastAPI under uvicorn)."""
     import uvicorn
 
-    from candor.service.api import check_verifier
     from candor.settings import apply_thread_settings
 
     settings = get_settings()
+    apply_thread_settings(settings.torch_threads)  # first: before anything imported below starts a thread pool
+    from candor.service.api import check_verifier
+
     check_verifier(settings)  # a clear message now rather than a traceback from the app's startup
-    apply_thread_settings(settings.torch_threads)
     uvicorn.run(
         "candor.service.api:create_app",
         factory=True,
