@@ -133,7 +133,7 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
 
 def json_safe(value):
     """``value`` with every NaN float replaced by None: strict JSON has no NaN (an undefined metric,
-    e.g. answered-F1 of a model that answered nothing, becomes null)."""
+    e.g. the AUROC of a set with only one kind of question, becomes null)."""
     if isinstance(value, float) and value != value:
         return None
     if isinstance(value, dict):
