@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter-id", help="With --url: the adapter to select for the adapter runs.")
     parser.add_argument("--adapter-path", type=Path, help="LoRA adapter to serve (default: a random r=16 one).")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=int_list, default=[1, 4, 8])
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     report: dict[str, Any] = {
         **report_header(),
-        "server": {"threads": args.threads, "dtype": args.dtype, "max_batch_size": settings.max_batch_size},
+        "server": {"threads": args.threads, "dtype": settings.model_dtype, "max_batch_size": settings.max_batch_size},
         "workload": {
             "new_tokens": args.new_tokens,
             "prompt_tokens_target": 400,

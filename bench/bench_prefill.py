@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, help="The entry to write, e.g. before / after.")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--new-tokens", type=int, default=32, help="RAG answers are short: prompt-heavy requests.")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8])
     parser.add_argument("--rounds", type=int, default=3)
@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
+    from candor.hardware import resolve_dtype
     from candor.service.model_prep import prepare_base_model
     from candor.settings import load_settings
 
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     workload = {
         "prompts": args.prompts,
         "engine_file": str(args.engine_file) if args.engine_file else "service/model_engine.py (installed)",
-        "dtype": args.dtype,
+        "dtype": resolve_dtype(args.dtype),
         "new_tokens": args.new_tokens,
         "prompt_tokens_median": statistics.median(len(tokenizer(p)["input_ids"]) for p in prompts),
         "greedy": True,

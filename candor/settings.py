@@ -3,7 +3,7 @@
 Every knob is a field here, read from the environment (prefix ``CANDOR_``) or a
 ``.env`` file. Paths default to places under ``data_dir`` so that a checkout
 keeps its state in one folder (``./var``) and nothing lands in home-directory
-caches. This module is ground level: it imports nothing else of Candor's.
+caches. This module is ground level: it imports nothing of Candor's but ``candor.hardware``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from candor.hardware import resolve_dtype
 
 
 class SettingsError(RuntimeError):
@@ -82,10 +84,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1)
     max_input_tokens: int = Field(1536, ge=16)
     max_total_tokens: int = Field(2048, ge=32)
-    model_dtype: Literal["bfloat16", "float32", "float16", "int8"] = Field(
-        "bfloat16",
+    model_dtype: Literal["auto", "bfloat16", "float32", "float16", "int8"] = Field(
+        "auto",
         description=(
-            "Weights of the embedded model server. int8: dynamic int8 weights (per output channel) for the "
+            "Weights of the embedded model server. auto: bfloat16 where this CPU runs it fast (AVX-512 or "
+            "native bf16), else float32 (bf16 is 3.5-7x slower on an AVX2-only CPU: candor/hardware.py). "
+            "int8: dynamic int8 weights (per output channel) for the "
             "Linear layers, fp32 activations, CPU only; ~2.4x faster decode on the 2-core CPU (docs/performance.md)."
         ),
     )
@@ -98,6 +102,11 @@ class Settings(BaseSettings):
     model_server_admin_token: str | None = Field(
         None, description="If set, POST/DELETE /adapters on the model server need 'Bearer <token>'."
     )
+
+    @field_validator("model_dtype", mode="after")
+    @classmethod
+    def _resolve_auto_dtype(cls, v: str) -> str:
+        return resolve_dtype(v)
 
     @field_validator("model_server_adapters", "model_server_admin_token", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ SCRIPTS = {
     "ingest": "bench_ingest.py",
     "retrieval": "bench_retrieval.py",
     "training": "bench_training.py",
+    "dtype": "bench_dtype.py",
 }
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -66,6 +67,7 @@ HELP = {
     "ingest": "Ingest throughput vs raw embedding throughput",
     "retrieval": "Retrieval latency p50/p95 and recall, up to 100k chunks",
     "training": "QLoRA-nf4 vs bf16 LoRA: tokens/s and peak memory",
+    "dtype": "bf16 vs float32 on this CPU: prefill, decode and a training step",
 }
 
 

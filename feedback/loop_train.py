@@ -123,6 +123,7 @@ def train_from(
 
     from candor.finetune import train as ft
     from candor.finetune.collate import length_grouped_batches, pad_batch
+    from candor.hardware import resolve_dtype
 
     out = Path(cfg.output_dir)
     shutil.rmtree(out, ignore_errors=True)  # a stage output: always rebuilt whole
@@ -236,6 +237,7 @@ def train_from(
         "last_loss": records[-1]["loss"] if records else None,
         "peak_rss_mb": round(ft.peak_rss_mb(), 1),
         "precision": precision,
+        "compute_dtype": resolve_dtype(cfg.compute_dtype),
         "kl_on": "base rows" if anchor else cfg.kl_tokens,
         "base_ce_weight": base_ce_weight if anchor else 1.0,
         "torch_threads": torch.get_num_threads(),

@@ -148,7 +148,7 @@ def parse_models(models: dict[str, str] | Sequence[str]) -> dict[str, str]:
 class LocalGenerator:
     """Batched greedy generation with transformers, one base and any number of adapters."""
 
-    def __init__(self, base_path: Path, dtype: str = "bfloat16", threads: int = 1, top_n: int = 5):
+    def __init__(self, base_path: Path, dtype: str = "auto", threads: int = 1, top_n: int = 5):
         from candor.settings import apply_thread_settings
 
         apply_thread_settings(threads)
@@ -161,7 +161,7 @@ class LocalGenerator:
         from candor.service.adapters import INT8, load_dtype
 
         if dtype == INT8:  # adapters stay unmerged here (several side by side); int8 is a serving mode
-            raise InvalidInputError("evaluation runs in bfloat16, float32 or float16: set eval.dtype, not int8")
+            raise InvalidInputError("evaluation runs in auto, bfloat16, float32 or float16: set eval.dtype, not int8")
         self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype(dtype))
         self.model.eval()
         self.top_n = top_n

@@ -58,7 +58,8 @@ def _metrics_table(ev: dict, model_names: list[str]) -> list[str]:
 def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eval_models: list[str]) -> str:
     cfg = summary.get("config", {})
     nf4 = summary.get("precision") == "nf4"
-    method = "QLoRA (4-bit nf4 base, bf16 compute, double quant)" if nf4 else "LoRA on the bf16 base"
+    compute = {"float32": "fp32"}.get(summary.get("compute_dtype", "bfloat16"), "bf16")  # older runs: bf16
+    method = f"QLoRA (4-bit nf4 base, {compute} compute, double quant)" if nf4 else f"LoRA on the {compute} base"
     lines = [
         "---",
         "library_name: peft",
@@ -135,8 +136,9 @@ def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eva
             "## Evaluation",
             "",
             f"{cfg_e.get('mode', 'oracle')} mode on SQuAD 2.0 {cfg_e.get('split', 'dev')} ({cfg_e.get('questions')} "
-            "questions; the question's own paragraph as context; greedy, 32 new tokens, bf16), each model at the "
-            "refusal threshold chosen on the validation articles (minimax of hallucination and over-refusal). "
+            "questions; the question's own paragraph as context; greedy, 32 new tokens, "
+            f"{cfg_e.get('dtype', 'bfloat16')}), each model at the refusal threshold chosen on the validation "
+            "articles (minimax of hallucination and over-refusal). "
             "Full tables with bootstrap 95% intervals and the trade-off curve: `reports/`.",
             "",
             *_metrics_table(ev, eval_models),
@@ -225,7 +227,8 @@ def verifier_card_text(summary: dict, meta: dict, evals: list[tuple[str, dict]])
         "## Training",
         "",
         f"- {summary.get('steps')} steps of batch {cfg.get('batch_size')}, learning rate {cfg.get('learning_rate')}"
-        f" (linear warm-up and decay), max length {cfg.get('max_length')}, word embeddings frozen, bf16 autocast;",
+        f" (linear warm-up and decay), max length {cfg.get('max_length')}, word embeddings frozen, "
+        f"{'bf16 autocast' if summary.get('compute_dtype', 'bfloat16') == 'bfloat16' else 'float32'};",
         f"- {summary.get('train_seconds', 0) / 60:.1f} min on one CPU core, {summary.get('pairs_per_second')} pairs/s,"
         f" stopped by {summary.get('stop_reason')};",
         f"- peak memory {summary.get('peak_rss_mb', 0):,.0f} MB (RSS).",

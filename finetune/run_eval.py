@@ -12,6 +12,7 @@ from pathlib import Path
 from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_items, parse_models
 from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
+from candor.hardware import resolve_dtype
 
 
 def load_eval_verifier(settings, ev: dict, verifier_path: Path | None):
@@ -106,7 +107,7 @@ def run_oracle_eval(
             },
             "distractors": int(ev.get("distractors", 0)),
             "max_new_tokens": int(ev.get("max_new_tokens", 32)),
-            "dtype": ev.get("dtype", settings.model_dtype),
+            "dtype": resolve_dtype(ev.get("dtype", settings.model_dtype)),
             "decoding": "greedy, batched, in-process",
             "refusal_signal": refusal_signal(verifier),
             "seconds": round(time.monotonic() - t0, 1),

@@ -65,7 +65,8 @@ class TrainConfig:
     time_budget_minutes: float = 0.0  # 0 = none
     torch_threads: int = 1
     # model
-    quantization: str = "nf4"  # nf4 (QLoRA, bf16 compute, double quant) | none (bf16 LoRA)
+    quantization: str = "nf4"  # nf4 (QLoRA, double quant) | none (LoRA on the unquantized base)
+    compute_dtype: str = "auto"  # auto (bf16 where the CPU runs it fast, else float32) | bfloat16 | float32
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -86,6 +87,8 @@ class TrainConfig:
             raise InvalidInputError(f"target_modules {self.target_modules!r}: use one of {list(TARGET_PRESETS)}")
         if self.quantization not in ("nf4", "none"):
             raise InvalidInputError("quantization must be 'nf4' or 'none'")
+        if self.compute_dtype not in ("auto", "bfloat16", "float32"):
+            raise InvalidInputError("compute_dtype must be 'auto', 'bfloat16' or 'float32'")
         if self.kl_tokens not in ("answerable", "all"):
             raise InvalidInputError("kl_tokens must be 'answerable' or 'all'")
         if self.teacher not in ("base", "snapshot"):
@@ -104,10 +107,20 @@ def peak_rss_mb() -> float:
 
 
 def load_model(cfg: TrainConfig, base_path: Path):
-    """The base model, 4-bit nf4 when bitsandbytes can, else bf16 with a loud log line."""
+    """The base model, 4-bit nf4 when bitsandbytes can (else unquantized, with a loud log line).
+
+    Computes in ``cfg.compute_dtype``; ``auto`` is bf16 only on a CPU that runs it fast
+    (``candor.hardware``): on an AVX2-only CPU a bf16 step took 20x as long as a float32 one.
+    Returns the model and its precision label (``nf4`` or the unquantized dtype's short name).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    from candor.hardware import resolve_dtype
+
+    name = resolve_dtype(cfg.compute_dtype)
+    dtype = getattr(torch, name)
+    short = {"bfloat16": "bf16", "float32": "fp32"}[name]
     if cfg.quantization == "nf4":
         try:
             from transformers import BitsAndBytesConfig
@@ -115,19 +128,19 @@ def load_model(cfg: TrainConfig, base_path: Path):
             q = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_compute_dtype=dtype,
                 bnb_4bit_use_double_quant=True,
             )
             model = AutoModelForCausalLM.from_pretrained(
-                base_path, quantization_config=q, dtype=torch.bfloat16, attn_implementation="sdpa"
+                base_path, quantization_config=q, dtype=dtype, attn_implementation="sdpa"
             )
-            log.info("loaded %s in 4-bit nf4 (bf16 compute, double quant): QLoRA", base_path)
+            log.info("loaded %s in 4-bit nf4 (%s compute, double quant): QLoRA", base_path, short)
             return model, "nf4"
         except Exception as exc:  # bitsandbytes missing or no backend for this device
-            log.warning("4-bit nf4 unavailable (%s): FALLING BACK to bf16 LoRA", exc)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16, attn_implementation="sdpa")
-    log.info("loaded %s in bf16: plain LoRA", base_path)
-    return model, "bf16"
+            log.warning("4-bit nf4 unavailable (%s): FALLING BACK to %s LoRA", exc, short)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
+    log.info("loaded %s in %s: plain LoRA", base_path, short)
+    return model, short
 
 
 def attach_lora(model, cfg: TrainConfig):
@@ -304,6 +317,7 @@ def save_adapter(model, path: Path, cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, settings, resume: bool = True, progress: bool = True) -> dict:
     """Run (or resume) training; returns the summary also written to ``train_summary.json``."""
+    from candor.hardware import resolve_dtype
     from candor.settings import apply_thread_settings
 
     apply_thread_settings(cfg.torch_threads)
@@ -443,6 +457,7 @@ def train(cfg: TrainConfig, settings, resume: bool = True, progress: bool = True
         "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "precision": precision,
+        "compute_dtype": resolve_dtype(cfg.compute_dtype),
         "trainable_params": sum(p.numel() for p in params),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -169,18 +169,22 @@ def inspect_adapter(spec: AdapterSpec, base_path: Path, base_model_id: str, allo
 
 
 def load_dtype(name: str) -> Any:
-    """The torch dtype to load the checkpoint in for serving dtype ``name`` ("int8" loads float32, then quantizes).
+    """The torch dtype to load the checkpoint in for serving dtype ``name`` ("int8" loads float32, then quantizes;
+    "auto" is this CPU's fast float type, ``candor.hardware``).
 
     Never ``getattr(torch, name)`` on a serving dtype: ``torch.int8`` exists, and loading weights
     as int8 integers would truncate them silently.
     """
     import torch
 
+    from candor.hardware import resolve_dtype
+
+    name = resolve_dtype(name)
     if name == INT8:
         return torch.float32
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InvalidInputError(f"unknown model dtype {name!r}: use bfloat16, float32, float16 or int8")
+        raise InvalidInputError(f"unknown model dtype {name!r}: use auto, bfloat16, float32, float16 or int8")
     return dtype
 
 
