@@ -3,10 +3,11 @@
 bf16 is only fast on a CPU whose oneDNN kernels handle it: x86 with the
 AVX-512 core set (emulated bf16) or native bf16 (``avx512_bf16``, AMX), or an
 ARM CPU with the ``bf16`` extension. Elsewhere torch falls back to slow
-reference loops. Measured on a 2-core AVX2-only CPU (SmolLM2-135M, 1 thread):
-a 8x400-token prefill took 89 s in bf16 against 12.7 s in float32, a decode
-step 0.43 s against 0.12 s, a LoRA training step on 4x256 tokens 237 s against
-11.6 s. So ``auto`` means bf16 where it is fast and float32 everywhere else.
+reference loops. Measured on a 2-core AVX2-only CPU (SmolLM2-135M, 1 thread,
+bench/results/dtype-avx2.json): an 8x400-token prefill took 89.6 s in bf16
+against 14.7 s in float32, a decode step 0.38 s against 0.15 s, a training
+step on 4x256 tokens 244 s against 16 s. So ``auto`` means bf16 where it is
+fast and float32 everywhere else.
 
 Read from ``/proc/cpuinfo`` (no torch import); ``CANDOR_CPU_FLAGS`` overrides
 the flags, for tests and for machines where the file lies.

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         "auto",
         description=(
             "Weights of the embedded model server. auto: bfloat16 where this CPU runs it fast (AVX-512 or "
-            "native bf16), else float32 (bf16 is 3.5-7x slower on an AVX2-only CPU: candor/hardware.py). "
+            "native bf16), else float32 (bf16 is 2.6-6x slower on an AVX2-only CPU: candor/hardware.py). "
             "int8: dynamic int8 weights (per output channel) for the "
             "Linear layers, fp32 activations, CPU only; ~2.4x faster decode on the 2-core CPU (docs/performance.md)."
         ),

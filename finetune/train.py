@@ -110,7 +110,7 @@ def load_model(cfg: TrainConfig, base_path: Path):
     """The base model, 4-bit nf4 when bitsandbytes can (else unquantized, with a loud log line).
 
     Computes in ``cfg.compute_dtype``; ``auto`` is bf16 only on a CPU that runs it fast
-    (``candor.hardware``): on an AVX2-only CPU a bf16 step took 20x as long as a float32 one.
+    (``candor.hardware``): on an AVX2-only CPU a bf16 step took 15x as long as a float32 one.
     Returns the model and its precision label (``nf4`` or the unquantized dtype's short name).
     """
     import torch
