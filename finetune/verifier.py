@@ -35,7 +35,7 @@ from pathlib import Path
 from candor.answerability import FORMAT, WEIGHTS_FILE, VerifierMeta, load_classifier
 from candor.errors import InvalidInputError
 from candor.finetune.squad import Corpus, Question
-from candor.hardware import bf16_is_fast
+from candor.hardware import auto_float_dtype
 
 log = logging.getLogger("candor.finetune.verifier")
 
@@ -161,7 +161,7 @@ def score_pairs(model, tokenizer, pairs: list[Pair], max_length: int, batch_size
     was_training = model.training
     model.eval()
     out: list[float] = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_fast()):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=auto_float_dtype() == "bfloat16"):
         for i in range(0, len(pairs), batch_size):
             logits = model(**_encode(tokenizer, pairs[i : i + batch_size], max_length)).logits[:, 0]
             out += torch.sigmoid(logits.float()).tolist()
@@ -302,7 +302,7 @@ def train_verifier(
                     group["lr"] = lr_at(state["step"], elapsed)
                 enc = _encode(tokenizer, batch, cfg.max_length)
                 labels = torch.tensor([float(p.label) for p in batch])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_fast()):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=auto_float_dtype() == "bfloat16"):
                     logits = model(**enc).logits[:, 0]
                 loss = loss_fn(logits.float(), labels)
                 loss.backward()
@@ -344,7 +344,7 @@ def train_verifier(
         "train_seconds": round(train_seconds, 1),
         "pairs_per_second": round(state["step"] * cfg.batch_size / max(train_seconds, 1e-9), 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "compute_dtype": "bfloat16" if bf16_is_fast() else "float32",
+        "compute_dtype": auto_float_dtype(),
         "validation": validation,
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
