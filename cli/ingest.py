@@ -46,6 +46,11 @@ def ingest(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on a terminal."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    follow_links: bool = typer.Option(
+        False,
+        "--follow-links",
+        help="Read symbolic links that point out of a PATHS folder (default: each is a failure, not read).",
+    ),
 ) -> None:
     """Ingest documents incrementally: only new or changed documents are embedded.
 
@@ -57,7 +62,13 @@ def ingest(
     settings = get_settings()
     name = collection or settings.default_collection
     report = ingest_paths(
-        settings, paths, name, prune=prune, reindex=reindex, progress=progress and sys.stderr.isatty()
+        settings,
+        paths,
+        name,
+        prune=prune,
+        reindex=reindex,
+        progress=progress and sys.stderr.isatty(),
+        follow_links=follow_links,
     )
     if as_json:
         _print_json(report.to_dict())

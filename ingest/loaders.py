@@ -61,7 +61,9 @@ class LoadResult:
         return {f.file for f in self.failures}
 
 
-def discover(paths: Sequence[str | Path]) -> tuple[list[InputFile], list[str]]:
+def discover(
+    paths: Sequence[str | Path], follow_links: bool = False
+) -> tuple[list[InputFile], list[str], list[LoadFailure]]:
     """Expand files and directories (recursively) into input files, in a stable order.
 
     A path that does not exist is a usage error (raised before anything is
@@ -69,28 +71,60 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[InputFile], list[str]]:
     Hidden files and directories are skipped; so are unsupported files inside
     directories (returned as ``skipped``); an unsupported file named directly
     is an error.
+
+    Symbolic links inside a directory are read only where they resolve inside that
+    directory: a link out of it (``link.txt -> /etc/passwd``) would pull any file the
+    ingest user can read into a collection, so it is a ``LoadFailure`` with the reason
+    (the third value returned). ``follow_links`` reads such links, and walks linked
+    directories, on purpose. A path named directly is read wherever it points.
     """
     if not paths:
         raise InvalidInputError("no input paths given")
     files: list[InputFile] = []
     skipped: list[str] = []
+    refused: list[LoadFailure] = []
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise InvalidInputError("no such file or directory: " + ", ".join(missing))
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            root = Path(os.path.realpath(path))
+            walked = {root}
+            for dirpath, dirnames, filenames in os.walk(path, followlinks=follow_links):
+                kept = []
+                for d in sorted(dirnames):
+                    full = Path(dirpath) / d
+                    if d.startswith("."):
+                        continue
+                    if full.is_symlink():
+                        real = Path(os.path.realpath(full))  # a link loop stays as it is (then unreadable)
+                        if not follow_links:
+                            if not _inside(real, root):
+                                rel = full.relative_to(path).as_posix()
+                                refused.append(LoadFailure(rel, _outside_reason("directory", real), rel))
+                            continue  # a link inside the root: its files are read where they live
+                        if real in walked:  # a cycle, or a folder read already
+                            continue
+                        walked.add(real)
+                    kept.append(d)
+                dirnames[:] = kept
                 for name in sorted(filenames):
                     if name.startswith("."):
                         continue
                     full = Path(dirpath) / name
                     rel = full.relative_to(path).as_posix()
-                    if full.suffix.lower() in SUPPORTED_SUFFIXES:
-                        files.append(InputFile(full, rel))
-                    else:
+                    if full.suffix.lower() not in SUPPORTED_SUFFIXES:
                         skipped.append(rel)
+                        continue
+                    target = full
+                    if full.is_symlink():
+                        real = Path(os.path.realpath(full))  # a link loop stays as it is (then unreadable)
+                        if not follow_links and not _inside(real, root):
+                            refused.append(LoadFailure(rel, _outside_reason("file", real), rel))
+                            continue
+                        target = real  # read the file the link was checked against
+                    files.append(InputFile(target, rel))
         else:
             if path.suffix.lower() not in SUPPORTED_SUFFIXES:
                 raise InvalidInputError(
@@ -98,13 +132,27 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[InputFile], list[str]]:
                     f"supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
                 )
             files.append(InputFile(path, path.name))
-    return files, skipped
+    return files, skipped, refused
 
 
-def load_paths(paths: Sequence[str | Path]) -> LoadResult:
-    """Load every supported file under ``paths``; duplicates ids are failures, not overwrites."""
-    inputs, skipped = discover(paths)
-    result = LoadResult(skipped=skipped, files=len(inputs))
+def _inside(real: Path, root: Path) -> bool:
+    return real == root or real.is_relative_to(root)
+
+
+def _outside_reason(kind: str, real: Path) -> str:
+    return (
+        f"symbolic link to a {kind} outside the ingest folder ({real}): not read; "
+        "pass --follow-links to ingest what links point to"
+    )
+
+
+def load_paths(paths: Sequence[str | Path], follow_links: bool = False) -> LoadResult:
+    """Load every supported file under ``paths``; duplicates ids are failures, not overwrites.
+
+    Links out of an ingest folder are failures unless ``follow_links`` (see ``discover``).
+    """
+    inputs, skipped, refused = discover(paths, follow_links=follow_links)
+    result = LoadResult(skipped=skipped, files=len(inputs) + len(refused), failures=list(refused))
     seen: dict[str, str] = {}
     for item in inputs:
         docs, failures = load_file(item)

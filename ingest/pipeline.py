@@ -89,11 +89,15 @@ def ingest_paths(
     prune: bool = False,
     reindex: bool = False,
     progress: bool = False,
+    follow_links: bool = False,
 ) -> IngestReport:
-    """Ingest files and directories into ``collection``; failures are reported, not raised."""
+    """Ingest files and directories into ``collection``; failures are reported, not raised.
+
+    A symbolic link in a folder that points out of it is a failure, not read, unless ``follow_links``.
+    """
     started = time.monotonic()
     validate_collection_name(collection)
-    loaded = load_paths(paths)  # raises for missing paths before anything is written
+    loaded = load_paths(paths, follow_links=follow_links)  # raises for missing paths before anything is written
     report = IngestReport(
         collection=collection,
         files=loaded.files,
