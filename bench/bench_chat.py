@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import add_server_run_args, finish_report, int_list, labelled_out, percentile, report_header
+from common import (
+    add_server_run_args,
+    finish_report,
+    int_list,
+    labelled_out,
+    percentile,
+    report_header,
+    squad_paragraphs_jsonl,
+    squad_questions,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-SHARED = Path(os.environ.get("CANDOR_SHARED_DIR", REPO.parent / "shared"))
-SQUAD = SHARED / "data" / "squad2"
 COLLECTION = "squad-dev"
 
 
@@ -37,7 +42,7 @@ def p50_p95(values: list[float]) -> dict[str, float]:
 
 
 def questions(n: int) -> list[str]:
-    rows = [json.loads(line) for line in (SQUAD / "dev.questions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = squad_questions("dev")
     step = max(1, len(rows) // n)
     return [rows[i]["question"] for i in range(0, len(rows), step)][:n]
 
@@ -49,7 +54,7 @@ def ensure_corpus(data_dir: Path) -> Path:
 
     chroma = data_dir / "chroma"
     settings = load_settings(data_dir=data_dir, chroma_path=chroma, chroma_url=None)
-    report = ingest_paths(settings, [SQUAD / "dev.paragraphs.jsonl"], COLLECTION)
+    report = ingest_paths(settings, [squad_paragraphs_jsonl("dev", data_dir / "squad")], COLLECTION)
     print(f"corpus: {report.summary()}")
     return chroma
 

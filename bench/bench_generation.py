@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,19 +35,23 @@ from common import (
     peak_rss_mb,
     report_header,
     single_stream_summary,
+    squad_paragraphs,
     stream_line,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CANDOR_SHARED_DIR", REPO.parent / "shared"))
-PARAGRAPHS = SHARED / "data" / "squad2" / "dev.paragraphs.jsonl"
 SYSTEM = "You are a helpful assistant. Use the context passages."
 ASK = "Retell everything the passages above say, in a long and detailed answer with many sentences."
 
 
+def paragraph_texts(split: str = "dev") -> list[str]:
+    """The prompts' context: SQuAD paragraphs from CANDOR_DATA_SOURCE (JSONL folder or official JSON)."""
+    return [p["text"] for p in squad_paragraphs(split)]
+
+
 def build_prompts(tokenizer: Any, n: int, target_tokens: int = 400) -> list[str]:
     """n different prompts of about target_tokens tokens: SQuAD paragraphs plus a long-answer question."""
-    paragraphs = [json.loads(line)["text"] for line in PARAGRAPHS.read_text(encoding="utf-8").splitlines()]
+    paragraphs = paragraph_texts()
     prompts, i = [], 0
     for _ in range(n):
         context: list[str] = []

@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, write_json
+from common import RESULTS, squad_paragraphs_jsonl, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PARAGRAPHS = REPO.parent / "shared" / "data" / "squad2" / "train.paragraphs.jsonl"
 
 
 def machine_state() -> dict:
@@ -45,12 +44,15 @@ def machine_state() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paragraphs", type=Path, default=DEFAULT_PARAGRAPHS)
+    parser.add_argument(
+        "--paragraphs", type=Path, default=None, help="JSONL to ingest; default: the train split of CANDOR_DATA_SOURCE."
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "ingest")
     args = parser.parse_args(argv)
 
     shutil.rmtree(args.data_dir, ignore_errors=True)
+    args.paragraphs = args.paragraphs or squad_paragraphs_jsonl("train", args.data_dir.parent / "ingest-squad")
     os.environ["CANDOR_DATA_DIR"] = str(args.data_dir)
     from candor.ingest.chunking import build_splitter, to_llama_document
     from candor.ingest.embedder import get_embed_model

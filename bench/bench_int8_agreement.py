@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--dtypes", default="bfloat16,int8,float32", help="The first is the reference.")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data" / "squad2")
+    parser.add_argument("--source", type=Path, default=None, help="SQuAD data; default: CANDOR_DATA_SOURCE.")
     parser.add_argument("--adapter", type=Path, default=REPO / "models" / "candor-refusal")
     parser.add_argument(
         "--base-model",
@@ -72,14 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8_agreement.json")
     args = parser.parse_args(argv)
 
+    from common import squad_corpus
+
     from candor.finetune.evaluate import oracle_items
-    from candor.finetune.squad import load_squad
     from candor.prompts import build_messages, is_refusal
     from candor.service.adapters import AdapterSpec
     from candor.service.model_engine import ModelEngine
     from candor.settings import load_settings
 
-    items = oracle_items(load_squad(args.source, "dev"), limit=args.limit, seed=13, distractors=0)
+    items = oracle_items(squad_corpus("dev", args.source), limit=args.limit, seed=13, distractors=0)
     dtypes = args.dtypes.split(",")
     results: dict[str, list[dict]] = {}
     timing: dict[str, float] = {}

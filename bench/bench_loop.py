@@ -21,17 +21,17 @@ import sys
 import time
 from pathlib import Path
 
+from common import squad_corpus
+
 REPO = Path(__file__).resolve().parents[1]
-SQUAD = REPO.parent / "shared" / "data" / "squad2"
 STAGES = ["screen", "pairs", "prepare", "train", "evaluate", "promote"]
 
 
 def flagged_answers(settings, n: int) -> list[str]:
     """Log ``n`` hallucinated answers to unanswerable dev questions and flag them (trusted: approved)."""
     from candor.feedback.store import AnswerStore
-    from candor.finetune.squad import load_squad
 
-    corpus = load_squad(SQUAD, "dev")
+    corpus = squad_corpus("dev")
     store = AnswerStore(settings)
     store.migrate()
     ids = []
@@ -72,8 +72,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "loop_small.json")
     args = ap.parse_args()
 
-    from candor.feedback.loop_params import LoopPaths
-    from candor.feedback.loop_stages import export_inputs
+    from candor.feedback.loop_params import LoopPaths, read_params
+    from candor.feedback.loop_stages import export_base_data, export_inputs
     from candor.feedback.retrain import settings_env
     from candor.feedback.workspace import make_workspace
     from candor.settings import load_settings
@@ -88,6 +88,7 @@ def main() -> None:
     ws = make_workspace(args.work / "ws", REPO, args.profile)
     paths = LoopPaths(ws / "var" / "loop")
     t0 = time.perf_counter()
+    export_base_data(read_params(ws / "params.yaml"), paths, settings, ws)
     exported = export_inputs(settings, paths)
     timings = {"export": round(time.perf_counter() - t0, 2)}
     env = {

@@ -15,7 +15,6 @@ Not a test: nothing is asserted; the JSON records the figures, threads and load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -24,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, load_avg_1m, percentile, write_json
+from common import RESULTS, load_avg_1m, percentile, squad_paragraphs_jsonl, squad_questions, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-SQUAD = REPO.parent / "shared" / "data" / "squad2"
 ADD_BATCH = 4000
 
 
@@ -104,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     threads = machine_state()
 
     t0 = time.perf_counter()
-    build = ingest_paths(settings, [SQUAD / "train.paragraphs.jsonl", SQUAD / "dev.paragraphs.jsonl"], "squad")
+    work = settings.data_dir / "squad-jsonl"  # only where the source is the official JSON
+    files = [squad_paragraphs_jsonl("train", work), squad_paragraphs_jsonl("dev", work)]
+    build = ingest_paths(settings, files, "squad")
     build_s = time.perf_counter() - t0
     collection = store.get_collection(settings, "squad")
     n_chunks = collection.count()
 
-    questions = [json.loads(line) for line in (SQUAD / "dev.questions.jsonl").read_text().splitlines()]
+    questions = squad_questions("dev")
     texts = [q["question"] for q in questions]
     result: dict = {
         "benchmark": "retrieval",

@@ -12,27 +12,23 @@ article (the length of what retrieval returns), scored one question at a time as
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 
-from common import RESULTS, finish_report, percentile, report_header
+from common import RESULTS, finish_report, percentile, report_header, squad_paragraphs, squad_questions
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CANDOR_SHARED_DIR", REPO.parent / "shared"))
-SQUAD = SHARED / "data" / "squad2"
 
 
 def question_sets(n: int, k: int) -> list[tuple[str, list[str]]]:
     """``n`` dev questions spread over the split, each with k passages (its own first)."""
-    paras = [json.loads(line) for line in (SQUAD / "dev.paragraphs.jsonl").read_text(encoding="utf-8").splitlines()]
+    paras = squad_paragraphs("dev")
     by_title: dict[str, list[dict]] = {}
     for p in paras:
         by_title.setdefault(p["title"], []).append(p)
     index = {p["doc_id"]: p for p in paras}
-    rows = [json.loads(line) for line in (SQUAD / "dev.questions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = squad_questions("dev")
     step = max(1, len(rows) // n)
     out = []
     for row in rows[::step][:n]:

@@ -64,6 +64,63 @@ def finish_report(report: dict[str, Any], out: Path, all_load_avgs: bool = False
     print(f"wrote {out}")
 
 
+# --- the SQuAD 2.0 data (CANDOR_DATA_SOURCE) -----------------------------------------------------
+
+
+def squad_split(split: str, explicit: Path | None = None) -> Path:
+    """What ``load_squad`` reads for ``split``: ``explicit``, else CANDOR_DATA_SOURCE, else ../shared beside
+    the checkout. Missing data ends the script with the resolver's message (it names the setting), no traceback."""
+    from candor.data_source import data_split
+    from candor.settings import SettingsError
+
+    try:
+        return data_split(split, explicit)
+    except SettingsError as exc:
+        raise SystemExit(f"bench: {exc}") from None
+
+
+def squad_corpus(split: str, explicit: Path | None = None) -> Any:
+    """The split as a ``candor.finetune.squad.Corpus`` (JSONL folder or official JSON alike)."""
+    from candor.finetune.squad import load_squad
+
+    return load_squad(squad_split(split, explicit), split)
+
+
+def squad_paragraphs(split: str) -> list[dict[str, str]]:
+    """``{"doc_id", "title", "text"}`` per paragraph, in file order (the ``*.paragraphs.jsonl`` rows)."""
+    corpus = squad_corpus(split)
+    return [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in corpus.paragraphs.values()]
+
+
+def squad_questions(split: str) -> list[dict[str, Any]]:
+    """``{"id", "doc_id", "question", "answers", "is_impossible"}`` per question, in file order."""
+    corpus = squad_corpus(split)
+    return [
+        {
+            "id": q.id,
+            "doc_id": q.doc_id,
+            "question": q.question,
+            "answers": list(q.answers),
+            "is_impossible": q.is_impossible,
+        }
+        for q in corpus.questions
+    ]
+
+
+def squad_paragraphs_jsonl(split: str, work_dir: Path) -> Path:
+    """A ``*.paragraphs.jsonl`` file to ingest: the source's own, or one written under ``work_dir`` from the
+    official JSON."""
+    source = squad_split(split)
+    own = source / f"{split}.paragraphs.jsonl"
+    if source.is_dir() and own.is_file():
+        return own
+    out = Path(work_dir) / f"{split}.paragraphs.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = squad_paragraphs(split)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return out
+
+
 # --- command-line options ---------------------------------------------------------------------
 
 

@@ -14,10 +14,10 @@ from candor.settings import apply_thread_settings
 apply_thread_settings(1)
 from pathlib import Path  # noqa: E402
 
+from common import squad_corpus  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from candor.finetune.evaluate import oracle_items  # noqa: E402
-from candor.finetune.squad import load_squad  # noqa: E402
 from candor.prompts import build_messages, is_refusal  # noqa: E402
 from candor.service.adapters import build_merged_model  # noqa: E402
 from candor.service.decode_attention import register_decode_attention  # noqa: E402
@@ -50,7 +50,7 @@ def wo(m, act=torch.bfloat16):
 base = Path("var/test-cache/base-model")
 adapter = Path("models/candor-refusal")
 tok = AutoTokenizer.from_pretrained(base)
-items = oracle_items(load_squad(Path("../shared/data/squad2"), "dev"), limit=40, seed=13, distractors=0)
+items = oracle_items(squad_corpus("dev"), limit=40, seed=13, distractors=0)
 prompts = [
     tok(
         tok.apply_chat_template(build_messages(it.question, it.chunks), tokenize=False, add_generation_prompt=True),

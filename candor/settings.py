@@ -163,6 +163,18 @@ class Settings(BaseSettings):
         description="Stable adapter id the promoted adapter is hot-swapped under; the API's CANDOR_LLM_ADAPTER.",
     )
 
+    # --- the SQuAD 2.0 base data (loop, fine-tuning, evaluation, benchmarks) ------------
+    data_source: Path | None = Field(
+        None,
+        description="Folder with the official train-v2.0.json/dev-v2.0.json (or <split>.*.jsonl), or one SQuAD v2 "
+        ".json; unset: ../shared/data/squad2 beside a source checkout, where it exists (candor/data_source.py).",
+    )
+
+    @field_validator("data_source", mode="before")
+    @classmethod
+    def _blank_data_source_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("chroma_url", "database_url", "llm_adapter", "api_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:

@@ -16,6 +16,10 @@ app = typer.Typer()
 finetune = typer.Typer(help="Build the refusal dataset and train the LoRA adapter.", no_args_is_help=True)
 app.add_typer(finetune, name="finetune")
 
+SOURCE_HELP = (
+    "SQuAD 2.0 data: a folder with the official train-v2.0.json/dev-v2.0.json or <split>.*.jsonl files, or one "
+    ".json. Default: params `source:`, else CANDOR_DATA_SOURCE, else ../shared/data/squad2 beside a checkout."
+)
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with build_data/train/eval sections.")
 
 
@@ -28,13 +32,14 @@ def _logging() -> None:
 @finetune.command("build-data")
 def build_data(
     params: Path = PARAMS,
-    source: Path | None = typer.Option(None, help="SQuAD v2 .json file or folder of <split>.*.jsonl files."),
+    source: Path | None = typer.Option(None, help=SOURCE_HELP),
     split: str | None = typer.Option(None, help="Split name inside a JSONL folder (default: params)."),
     out_dir: Path | None = typer.Option(None, help="Output folder (default: params build_data.out_dir)."),
     seed: int | None = typer.Option(None, help="Override the seed."),
     size: int | None = typer.Option(None, help="Override the number of training examples."),
 ) -> None:
     """Write chat-format train/val JSONL, the validation articles' questions, and stats.json."""
+    from candor.data_source import data_split
     from candor.finetune.dataset import build_dataset
     from candor.finetune.params import build_config, load_params, section
     from candor.finetune.squad import load_squad
@@ -46,8 +51,8 @@ def build_data(
         cfg.seed = seed
     if size is not None:
         cfg.size = size
-    src = source or Path(sec.get("source", "../shared/data/squad2"))
-    corpus = load_squad(src, split or sec.get("split", "train"))
+    split = split or sec.get("split", "train")
+    corpus = load_squad(data_split(split, source or sec.get("source")), split)
     out = out_dir or Path(sec.get("out_dir", "var/finetune/data"))
     stats = build_dataset(corpus, cfg, out)
     typer.echo(
@@ -96,7 +101,7 @@ def train_cmd(
 @finetune.command("train-verifier")
 def train_verifier_cmd(
     params: Path = PARAMS,
-    source: Path | None = typer.Option(None, help="SQuAD v2 .json file or folder (default: params build_data.source)."),
+    source: Path | None = typer.Option(None, help=SOURCE_HELP),
     split: str | None = typer.Option(None, help="Split inside a JSONL folder (default: params build_data.split)."),
     output_dir: str | None = typer.Option(None, help="Override the run folder."),
     max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
@@ -106,6 +111,7 @@ def train_verifier_cmd(
 ) -> None:
     """Train the answerability verifier (a cross-encoder on the embedding model); resumes from checkpoints."""
     _logging()
+    from candor.data_source import data_split
     from candor.finetune.params import load_params, section, verifier_config
     from candor.finetune.squad import load_squad
     from candor.finetune.verifier import train_verifier
@@ -114,9 +120,8 @@ def train_verifier_cmd(
     p = load_params(params)
     data = section(p, "build_data")
     cfg = verifier_config(p, output_dir=output_dir, max_steps=max_steps, time_budget_minutes=time_budget_minutes)
-    corpus = load_squad(
-        source or Path(data.get("source", "../shared/data/squad2")), split or data.get("split", "train")
-    )
+    split = split or data.get("split", "train")
+    corpus = load_squad(data_split(split, source or data.get("source")), split)
     summary = train_verifier(cfg, corpus, get_settings().resolved_embed_model_path, resume=not fresh, progress=progress)
     summary.pop("config", None)
     typer.echo(json.dumps(summary, indent=1))
@@ -139,7 +144,7 @@ def eval_cmd(
         None, "--model", "-m", help="NAME=ADAPTER_DIR or 'base'; repeat to compare (default: params eval.models)."
     ),
     mode: str | None = typer.Option(None, help="oracle or rag (default: params)."),
-    source: Path | None = typer.Option(None, help="Questions: SQuAD v2 .json or a JSONL folder."),
+    source: Path | None = typer.Option(None, help=SOURCE_HELP),
     split: str | None = typer.Option(None, help="Split in the JSONL folder (default: params, dev)."),
     limit: int | None = typer.Option(None, help="Evaluate a stratified sample of this many questions (0 = all)."),
     calibration_limit: int | None = typer.Option(None, help="Validation questions used to choose the threshold."),

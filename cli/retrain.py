@@ -57,7 +57,19 @@ def _registry():
 # --- candor retrain ------------------------------------------------------------------------------
 
 
-@app.command("retrain")
+RETRAIN_HELP = (
+    "Flags → training pairs → adapter → gate → promote → hot swap, once (locked: runs never overlap).\n\n"
+    "Base data: most of every retraining set is fresh examples from SQuAD 2.0 (the feedback pairs are a small "
+    "share), so the loop needs the SQuAD 2.0 training data. Download the official files (train-v2.0.json, "
+    "dev-v2.0.json) from https://rajpurkar.github.io/SQuAD-explorer/ into one folder and set CANDOR_DATA_SOURCE "
+    "to that folder (environment or .env), or set `source:` under build_data in params.yaml. A folder of "
+    "<split>.questions.jsonl + <split>.paragraphs.jsonl files, or one SQuAD v2 .json, works too. Unset, a source "
+    "checkout uses ../shared/data/squad2 where it exists. Missing data stops the run before anything is "
+    "exported, with a message naming CANDOR_DATA_SOURCE."
+)
+
+
+@app.command("retrain", help=RETRAIN_HELP)
 def retrain_cmd(
     workspace: Path = typer.Option(
         Path("."), help="Folder with dvc.yaml and params.yaml (see `candor loop workspace`)."
@@ -216,12 +228,19 @@ def loop_workspace(
 
 @loop_app.command("export")
 def loop_export(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Write the approved flags and the baseline adapter into the workspace (what `candor retrain` does first)."""
-    from candor.feedback.loop_stages import export_inputs, paths_for
+    """Write the approved flags, the baseline adapter and where the base data is into the workspace.
 
-    _, paths = paths_for(_params(params))
-    result = export_inputs(get_settings(), paths)
+    What `candor retrain` does first; the base data comes from params `build_data.source`, else CANDOR_DATA_SOURCE.
+    """
+    from candor.feedback.loop_stages import export_base_data, export_inputs, paths_for
+
+    p = _params(params)
+    _, paths = paths_for(p)
+    settings = get_settings()
+    data = export_base_data(p, paths, settings)
+    result = export_inputs(settings, paths)
     typer.echo(f"exported {result['flags']} flag(s) to {result['export']}; baseline {result['baseline']['version']}")
+    typer.echo(f"base data: {data['path']} (split {data['split']})")
 
 
 @loop_app.command("screen")

@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from candor.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from candor.settings import Settings
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -115,6 +118,10 @@ class LoopPaths:
     @property
     def baseline(self) -> Path:  # the adapter serving when the flags were exported
         return self.inputs / "baseline.json"
+
+    @property
+    def base_data(self) -> Path:  # where the SQuAD base data is and its files' hashes (DVC cannot find it)
+        return self.inputs / "base_data.json"
 
     @property
     def flags(self) -> Path:
@@ -225,10 +232,11 @@ def loop_params(params: dict[str, Any]) -> LoopParams:
     return lp
 
 
-def squad_source(params: dict[str, Any]) -> tuple[Path, str]:
-    """Where the base data comes from: the fine-tuning builder's own source and split."""
+def squad_source(params: dict[str, Any], settings: Settings | None = None) -> tuple[Path, str]:
+    """Where the base data comes from: the fine-tuning builder's own split, read from ``build_data.source``
+    when params set it, else from CANDOR_DATA_SOURCE (``candor.data_source``)."""
+    from candor.data_source import data_split
+
     bd = params.get("build_data") or {}
-    source = bd.get("source")
-    if not source:
-        raise InvalidInputError("params.yaml build_data.source is not set (the SQuAD data the builder reads)")
-    return Path(source), str(bd.get("split") or "train")
+    split = str(bd.get("split") or "train")
+    return data_split(split, bd.get("source"), settings), split

@@ -4,7 +4,8 @@
 functions here only connect the stage's files (``LoopPaths``) with the room
 modules that do the work, so every stage can be run and tested on its own.
 
-    export (candor retrain, before dvc)  answer log -> inputs/flags.jsonl, inputs/baseline.json
+    export (candor retrain, before dvc)  answer log -> inputs/flags.jsonl, inputs/baseline.json;
+                      CANDOR_DATA_SOURCE (or build_data.source) -> inputs/base_data.json
     export_feedback   screen flags (poisoning defences) -> flags.jsonl, screening.json
     build_pairs       -> pairs.jsonl, regression.jsonl, pairs_stats.json
     prepare           base data + pairs -> train.jsonl, mix_stats.json
@@ -15,6 +16,8 @@ modules that do the work, so every stage can be run and tested on its own.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -68,6 +71,56 @@ def export_inputs(settings: Settings, paths: LoopPaths) -> dict[str, Any]:
     return {"flags": n, "baseline": baseline, "export": str(paths.export)}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_base_data(
+    params: dict[str, Any], paths: LoopPaths, settings: Settings, workspace: Path = Path(".")
+) -> dict[str, Any]:
+    """Where the SQuAD base data is (``build_data.source``, else CANDOR_DATA_SOURCE) and its files' hashes.
+
+    dvc.yaml cannot read a setting, so the stages that read the base data depend on this file
+    instead: it changes when the data moves or its content does. Missing data is a SettingsError
+    naming CANDOR_DATA_SOURCE, raised before DVC starts. A relative ``build_data.source`` is
+    relative to the ``workspace`` (DVC's working directory).
+    """
+    from candor.data_source import split_files
+    from candor.feedback.loop_params import squad_source
+
+    bd = dict(params.get("build_data") or {})
+    if bd.get("source"):
+        bd["source"] = str(Path(workspace) / Path(bd["source"]).expanduser())
+    source, split = squad_source({**params, "build_data": bd}, settings)
+    files = split_files(source, split)
+    manifest = {
+        "path": str(source.resolve()),
+        "split": split,
+        "sha256": {f.name: _sha256(f) for f in files},
+    }
+    write_json(paths.base_data, manifest)
+    return manifest
+
+
+def with_base_data(params: dict[str, Any], paths: LoopPaths) -> dict[str, Any]:
+    """``params`` with ``build_data.source`` set to the exported base data (what DVC hashed)."""
+    if not paths.base_data.exists():
+        raise NotFoundError(
+            f"{paths.base_data} not found: `candor retrain` (or `candor loop export`) writes it first, "
+            "from CANDOR_DATA_SOURCE or params.yaml build_data.source"
+        )
+    manifest = _read_json(paths.base_data)
+    out = copy.deepcopy(params)
+    out.setdefault("build_data", {})
+    out["build_data"]["source"] = manifest["path"]
+    out["build_data"]["split"] = manifest["split"]
+    return out
+
+
 # --- the DVC stages ---------------------------------------------------------------------------
 
 
@@ -99,7 +152,7 @@ def prepare(params: dict[str, Any]) -> dict[str, Any]:
     from candor.feedback.mix import prepare as mix
 
     lp, paths = paths_for(params)
-    rows, stats = mix(params, read_jsonl(paths.pairs), lp.mix)
+    rows, stats = mix(with_base_data(params, paths), read_jsonl(paths.pairs), lp.mix)
     write_jsonl(paths.train_data, rows)
     write_json(paths.mix_stats, stats)
     return stats
@@ -132,7 +185,7 @@ def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
     lp, paths = paths_for(params)
     metrics = run(
-        params,
+        with_base_data(params, paths),
         lp,
         settings,
         paths.adapter,

@@ -7,7 +7,9 @@ again while a long run trains must not queue up runs). Steps:
 
 1. health of the serving version (``monitor.py``): a rise in its flag or
    refusal rate recommends a rollback loudly, or does it (``auto_rollback``);
-2. export the approved flags and the baseline adapter into the workspace;
+2. record where the SQuAD base data is (``build_data.source`` or CANDOR_DATA_SOURCE: missing
+   data stops the run here with a message naming the setting); export the approved flags and
+   the baseline adapter into the workspace;
    nothing new since the current adapter was trained → stop (no drift from
    retraining on the same flags every night);
 3. ``dvc repro build_pairs``: if no flag gives a training pair → stop;
@@ -112,7 +114,7 @@ def retrain(
     """Run the loop once; returns a summary (status, decision, serving record)."""
     from candor.feedback.adapters import AdapterRegistry
     from candor.feedback.hot_swap import hot_swap
-    from candor.feedback.loop_stages import export_inputs
+    from candor.feedback.loop_stages import export_base_data, export_inputs
     from candor.feedback.monitor import check_health
     from candor.feedback.pairs import write_json
 
@@ -142,6 +144,10 @@ def retrain(
             echo("  run `candor adapters rollback` (or set loop.monitor.auto_rollback: true)")
             echo("!" * 78)
 
+        base_data = export_base_data(
+            params, paths, settings, workspace
+        )  # no base data: a SettingsError before anything else
+        summary["base_data"] = base_data["path"]
         exported = export_inputs(settings, paths)
         summary["exported_flags"] = exported["flags"]
         echo(f"exported {exported['flags']} approved flag(s) to {paths.export}")

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from candor.data_source import resolve_data_source, split_path
 from candor.errors import UnavailableError
 from candor.finetune.evaluate import BASE, parse_models, sample_questions
 from candor.finetune.metrics import Scored, decision_metrics, exact_match, summarize, token_f1
@@ -143,12 +144,12 @@ def run_rag_eval(
 
     models = parse_models(models)
     rag = ev.get("rag", {}) or {}
-    src = Path(source or ev.get("source", "../shared/data/squad2"))
+    src = resolve_data_source(source or ev.get("source"), settings)
     split = split or ev.get("split", "dev")
     collection = collection or rag.get("collection", "squad-eval")
     k = int(rag.get("top_k", settings.top_k))
-    corpus = load_squad(src, split)
-    others = [load_squad(src, s) for s in rag.get("also_ingest", ["train"]) if s != split]
+    corpus = load_squad(split_path(src, split), split)
+    others = [load_squad(split_path(src, s), s) for s in rag.get("also_ingest", ["train"]) if s != split]
     questions = sample_questions(corpus.questions, limit, int(ev.get("seed", 13)))
     # the eval's own answer log and no service-side threshold: the threshold is applied in the metrics
     s = settings.model_copy(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from candor.data_source import data_split
 from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_items, parse_models
 from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
@@ -47,9 +48,9 @@ def run_oracle_eval(
     from candor.finetune.probe import run_probe
 
     models = parse_models(models)  # a missing adapter fails before any data or model loads
-    src = Path(source or ev.get("source", "../shared/data/squad2"))
     split = split or ev.get("split", "dev")
     seed = int(ev.get("seed", 13))
+    src = data_split(split, source or ev.get("source"), settings)
     corpus = load_squad(src, split)
     items = oracle_items(
         corpus,
