@@ -36,6 +36,7 @@ class Question:
     question: str
     answers: tuple[str, ...]
     is_impossible: bool
+    answer_starts: tuple[int, ...] = ()  # character offsets of ``answers`` in the paragraph, where the data gives them
 
 
 @dataclass
@@ -82,10 +83,20 @@ def load_jsonl_pair(questions_path: Path, paragraphs_path: Path) -> Corpus:
         impossible = bool(row.get("is_impossible", not answers))
         if not impossible and not answers:
             raise InvalidInputError(f"{where}: answerable question without answers")
-        corpus.questions.append(
-            Question(str(_need(row, "id", where)), doc_id, str(_need(row, "question", where)), answers, impossible)
-        )
+        starts = _answer_starts(row.get("answer_starts"), len(answers), where)
+        qid, text = str(_need(row, "id", where)), str(_need(row, "question", where))
+        corpus.questions.append(Question(qid, doc_id, text, answers, impossible, starts))
     return corpus
+
+
+def _answer_starts(raw: object, n_answers: int, where: str) -> tuple[int, ...]:
+    """``answer_starts`` when present: one non-negative integer per answer."""
+    if raw is None:
+        return ()
+    ok = isinstance(raw, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw)
+    if not ok or len(raw) != n_answers:
+        raise InvalidInputError(f"{where}: answer_starts must be one non-negative integer per answer")
+    return tuple(raw)
 
 
 def load_official_json(path: Path) -> Corpus:
@@ -103,9 +114,17 @@ def load_official_json(path: Path) -> Corpus:
             doc_id = f"{title}#{j}"
             corpus.paragraphs[doc_id] = Paragraph(doc_id, title.replace("_", " "), str(para["context"]))
             for qa in para.get("qas", []):
-                answers = tuple(dict.fromkeys(str(a["text"]) for a in qa.get("answers", [])))
+                first_start: dict[str, object] = {}
+                for a in qa.get("answers", []):
+                    first_start.setdefault(str(a["text"]), a.get("answer_start"))
+                answers = tuple(first_start)
+                starts = tuple(first_start.values())
+                if not all(isinstance(x, int) and not isinstance(x, bool) for x in starts):
+                    starts = ()
                 impossible = bool(qa.get("is_impossible", not answers))
-                corpus.questions.append(Question(str(qa["id"]), doc_id, str(qa["question"]), answers, impossible))
+                corpus.questions.append(
+                    Question(str(qa["id"]), doc_id, str(qa["question"]), answers, impossible, starts)
+                )
     return corpus
 
 
