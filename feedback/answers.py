@@ -31,6 +31,7 @@ from candor.feedback.schemas import (
     Timings,
     Verdict,
 )
+from candor.text import storable_or_invalid
 
 R = TypeVar("R", NewAnswer, NewFailure)
 MAX_LIMIT = 500
@@ -144,6 +145,8 @@ def _with_children(stmt: Any) -> Any:
 
 
 def get_answer(session: Session, answer_id: str) -> Answer:
+    if not is_id(answer_id):  # not an id (a NUL, a path): not found on every backend, never a database error
+        raise NotFoundError(f"answer {answer_id!r} not found")
     row = session.scalars(_with_children(select(AnswerRow).where(AnswerRow.id == answer_id))).one_or_none()
     if row is None:
         raise NotFoundError(f"answer {answer_id!r} not found")
@@ -183,7 +186,7 @@ def list_answers(
     elif flagged is False:
         stmt = stmt.where(~flag_exists)
     if collection is not None:
-        stmt = stmt.where(AnswerRow.collection == collection)
+        stmt = stmt.where(AnswerRow.collection == storable_or_invalid(collection, "collection"))
     if collections is not None:
         stmt = stmt.where(AnswerRow.collection.in_(list(collections)))
     if api_key_id is not None:

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from candor.errors import CandorError, InvalidInputError, UnavailableError
@@ -28,6 +28,7 @@ from candor.settings import Settings
 
 T = TypeVar("T")
 _WRITE = "candor_write"
+DATABASE_DOWN = "the answer log database is unavailable; try again shortly"
 
 
 def safe_url(url: str | URL) -> str:
@@ -70,7 +71,9 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UnavailableError(f"cannot create the answer log folder {path.parent}: {exc}") from None
+            raise UnavailableError(
+                f"cannot create the answer log folder {path.parent}: {exc}", public=DATABASE_DOWN
+            ) from None
     busy_ms = settings.db_busy_timeout_ms
     engine = create_engine(
         url,
@@ -109,17 +112,25 @@ def translate(exc: SQLAlchemyError, engine: Engine) -> CandorError:
     detail = text.splitlines()[0] if text else type(exc).__name__
     low = detail.lower()
     if "no such table" in low or ("relation" in low and "does not exist" in low):
-        return UnavailableError(f"the answer log at {where} has no tables (or an old schema): run `candor db upgrade`")
+        return UnavailableError(
+            f"the answer log at {where} has no tables (or an old schema): run `candor db upgrade`",
+            public=DATABASE_DOWN,
+        )
     if "database is locked" in low or "database is busy" in low:
         return UnavailableError(
             f"the answer log at {where} stayed locked by other writers longer than the busy "
-            "timeout (CANDOR_DB_BUSY_TIMEOUT_MS); try again"
+            "timeout (CANDOR_DB_BUSY_TIMEOUT_MS); try again",
+            public="the answer log database is busy; try again shortly",
         )
     if isinstance(exc, IntegrityError):
         return InvalidInputError(f"the answer log refused the change: {detail}")
+    if isinstance(exc, DataError):
+        # The value, not the database, is the problem (a NUL in text on Postgres, a number out of
+        # range): the caller's input error, never an outage to retry.
+        return InvalidInputError(f"the answer log cannot store this value: {detail}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return UnavailableError(f"lost the connection to the answer log at {where}: {detail}")
-    return UnavailableError(f"cannot use the answer log database at {where}: {detail}")
+        return UnavailableError(f"lost the connection to the answer log at {where}: {detail}", public=DATABASE_DOWN)
+    return UnavailableError(f"cannot use the answer log database at {where}: {detail}", public=DATABASE_DOWN)
 
 
 def _retryable(exc: SQLAlchemyError) -> bool:

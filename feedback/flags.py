@@ -26,6 +26,7 @@ from candor.errors import InvalidInputError, NotFoundError
 from candor.feedback.ids import is_id, new_id, utcnow
 from candor.feedback.models import NO_KEY, AnswerRow, ApiKeyRow, FlagRow
 from candor.feedback.schemas import AnswerStatus, Flag, FlagPage, ReviewStatus, Verdict
+from candor.text import storable_or_invalid
 
 E = TypeVar("E", bound=StrEnum)
 MAX_TEXT = 10_000
@@ -53,7 +54,7 @@ def parse_review_status(value: str | ReviewStatus) -> ReviewStatus:
 def _clean(text: str | None, what: str) -> str | None:
     if text is None:
         return None
-    text = text.strip()
+    text = storable_or_invalid(text, what).strip()
     if len(text) > MAX_TEXT:
         raise InvalidInputError(f"{what} is {len(text)} characters; the limit is {MAX_TEXT}")
     return text or None

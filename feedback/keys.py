@@ -19,6 +19,7 @@ from candor.errors import InvalidInputError, NotFoundError
 from candor.feedback.ids import new_id, utcnow
 from candor.feedback.models import ApiKeyRow
 from candor.feedback.schemas import ApiKey, Role
+from candor.text import storable_or_invalid
 
 SECRET_PREFIX = "cnd_"
 MAX_NAME = 200
@@ -45,7 +46,7 @@ def key_out(row: ApiKeyRow) -> ApiKey:
 
 
 def _check_new_key(name: str, role: str, collections: Sequence[str] | None) -> tuple[str, Role, list[str] | None]:
-    name = name.strip()
+    name = storable_or_invalid(name, "key name").strip()
     if not name or len(name) > MAX_NAME:
         raise InvalidInputError(f"a key needs a name of 1 to {MAX_NAME} characters")
     try:
@@ -54,7 +55,7 @@ def _check_new_key(name: str, role: str, collections: Sequence[str] | None) -> t
         raise InvalidInputError(f"unknown role {role!r}: use one of {', '.join(r.value for r in Role)}") from None
     if collections is None:
         return name, role_, None
-    cols = sorted({c.strip() for c in collections if c and c.strip()})
+    cols = sorted({storable_or_invalid(c, "collection").strip() for c in collections if c and c.strip()})
     if not cols:
         raise InvalidInputError("a key limited to no collection could do nothing: leave collections unset for all")
     return name, role_, cols

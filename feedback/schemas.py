@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from candor.prompts import ContextChunk, Message, build_messages
+from candor.text import NulFreeText, StoredText, check_storable
 
 
 class Verdict(StrEnum):
@@ -75,13 +76,13 @@ class ChunkLog(_Model):
     ``text_sha256`` tells later whether the document changed since.
     """
 
-    chunk_id: str
-    doc_id: str
-    source: str
+    chunk_id: NulFreeText
+    doc_id: NulFreeText
+    source: NulFreeText
     score: float
-    text: str
-    title: str | None = None
-    prompt_text: str | None = None
+    text: NulFreeText
+    title: NulFreeText | None = None
+    prompt_text: NulFreeText | None = None
     text_sha256: str = ""
     rank: int = 0
 
@@ -133,22 +134,31 @@ class _Asked(_Model):
     """What every logged question carries, answered or failed."""
 
     answer_id: str | None = Field(None, description="Pre-allocated with new_answer_id(); default: a new id.")
-    question: str
-    collection: str
+    question: StoredText
+    collection: StoredText
     history: list[Message] = Field(default_factory=list)
     history_in_prompt: int | None = Field(
         None, ge=0, description="How many of the most recent history turns the prompt kept; None: all."
     )
-    retrieval_query: str | None = None
+    retrieval_query: NulFreeText | None = None
     chunks: list[ChunkLog] = Field(default_factory=list)
     prompt_version: str | None = None
-    rendered_prompt: str | None = Field(None, validation_alias=AliasChoices("rendered_prompt", "prompt"))
+    rendered_prompt: NulFreeText | None = Field(None, validation_alias=AliasChoices("rendered_prompt", "prompt"))
     model_base: str | None = None
     adapter: str | None = None
     adapter_version: str | None = None
     timings_ms: Timings = Timings()
     api_key_id: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("history")
+    @classmethod
+    def _storable_history(cls, history: list[Message]) -> list[Message]:
+        """Earlier turns come from the client, like the question: refused (not cleaned) if unstorable."""
+        for turn in history:
+            for value in turn.values():
+                check_storable(value)
+        return history
 
     @field_validator("chunks", mode="before")
     @classmethod
@@ -168,8 +178,10 @@ class NewAnswer(_Asked):
     """An answer (or a refusal) to log, with everything needed to rebuild its prompt."""
 
     prompt_version: str
-    answer: str
-    raw_answer: str | None = Field(None, description="The model's text before the refusal policy, if it differs.")
+    answer: NulFreeText
+    raw_answer: NulFreeText | None = Field(
+        None, description="The model's text before the refusal policy, if it differs."
+    )
     refused: bool
     refusal_layer: RefusalLayer | None = None
     refusal_confidence: float | None = None
@@ -188,7 +200,7 @@ class NewAnswer(_Asked):
 class NewFailure(_Asked):
     """A question that got no answer (model server down, ...): logged, never as an answer."""
 
-    error: str
+    error: NulFreeText
 
 
 class Flag(_Model):

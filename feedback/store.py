@@ -29,7 +29,7 @@ from candor.feedback import keys as _keys
 from candor.feedback import migrate as _migrate
 from candor.feedback import retention as _retention
 from candor.feedback import stats as _stats
-from candor.feedback.db import make_engine, read_session, run_write, safe_url, translate
+from candor.feedback.db import DATABASE_DOWN, make_engine, read_session, run_write, safe_url, translate
 from candor.feedback.ids import new_id
 from candor.feedback.schemas import (
     AdapterStats,
@@ -107,7 +107,8 @@ class AnswerStore:
             if current != head:
                 raise UnavailableError(
                     f"the answer log at {self.url} is at schema {current or 'none'}, this Candor needs "
-                    f"{head}: run `candor db upgrade`"
+                    f"{head}: run `candor db upgrade`",
+                    public=DATABASE_DOWN,
                 )
             self._schema_ok = True
 

@@ -95,6 +95,9 @@ def forget_client(settings: Settings) -> None:
         _clients.pop(key, None)
 
 
+CHROMA_DOWN = "the document store (Chroma) is unavailable; try again shortly"
+
+
 @contextmanager
 def chroma_errors(settings: Settings) -> Iterator[None]:
     """Turn Chroma's connection failures into UnavailableError and missing collections into NotFoundError."""
@@ -106,10 +109,14 @@ def chroma_errors(settings: Settings) -> Iterator[None]:
     except ChromaNotFound as exc:
         raise NotFoundError(str(exc)) from None
     except (httpx.TransportError, ConnectionError) as exc:
-        raise UnavailableError(f"Chroma at {describe_location(settings)} is unreachable: {exc}") from None
+        raise UnavailableError(
+            f"Chroma at {describe_location(settings)} is unreachable: {exc}", public=CHROMA_DOWN
+        ) from None
     except ValueError as exc:
         if "Could not connect" in str(exc):
-            raise UnavailableError(f"Chroma at {describe_location(settings)} is unreachable: {exc}") from None
+            raise UnavailableError(
+                f"Chroma at {describe_location(settings)} is unreachable: {exc}", public=CHROMA_DOWN
+            ) from None
         raise
 
 

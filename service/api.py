@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from candor import __version__
 from candor.errors import InvalidInputError, NotFoundError
 from candor.service.deps import Services
-from candor.service.errors import install_error_handlers
+from candor.service.errors import RequestId, install_error_handlers
 from candor.service.metrics import ApiMetrics
 from candor.service.rate_limit import RateLimiter
 from candor.settings import Settings, apply_thread_settings, get_settings
@@ -184,6 +184,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             svc.metrics.latency.labels(path).observe(time.perf_counter() - start)
         return response
 
+    app.add_middleware(RequestId)  # outermost: every response, the 413s included, carries X-Request-ID
     return app
 
 

@@ -47,13 +47,19 @@ class LLMError(CandorError):
 class LLMUnavailable(LLMError, UnavailableError):
     """The generation server cannot be reached or could not generate."""
 
+    public = "the generation server is unavailable; try again shortly"
+
 
 class LLMOverloaded(LLMError, UnavailableError):
     """The generation server kept answering 429 (too many requests in flight)."""
 
+    public = "the generation server is overloaded; try again shortly"
+
 
 class LLMBadRequest(LLMError, InvalidInputError):
     """The server refused the request as invalid (400/404/422): retrying will not help."""
+
+    public = "the generation server refused the request"
 
 
 class _Retryable(Exception):
@@ -277,7 +283,10 @@ class LLMClient:
                 LLMUnavailable(f"the generation server at {where} is unavailable: {message}"), retry_after
             )
         if status in (400, 404, 413, 422):
-            return LLMBadRequest(f"the generation server at {where} refused the request ({status}): {message}")
+            return LLMBadRequest(
+                f"the generation server at {where} refused the request ({status}): {message}",
+                public=f"the generation server refused the request ({status}): {message}",
+            )
         if status is not None:
             return LLMUnavailable(f"the generation server at {where} failed ({status}): {message}")
         if _is_timeout(exc):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from candor.errors import CandorError
 from candor.service.answering import AnswerRequest
 from candor.service.deps import PrincipalDep, Services, ServicesDep
-from candor.service.errors import error_payload
+from candor.service.errors import error_payload, request_id_of
 from candor.service.schemas import ChatRequest, ChatResponse
 from candor.service.sse import prepend, sse_event
 
@@ -28,7 +28,9 @@ def to_answer_request(body: ChatRequest, key_id: str | None) -> AnswerRequest:
     )
 
 
-async def _events(services: Services, stream: AsyncIterator[dict[str, Any]], collection: str) -> AsyncIterator[bytes]:
+async def _events(
+    services: Services, stream: AsyncIterator[dict[str, Any]], collection: str, request_id: str | None
+) -> AsyncIterator[bytes]:
     try:
         async for ev in stream:
             if ev["event"] == "token":
@@ -38,7 +40,7 @@ async def _events(services: Services, stream: AsyncIterator[dict[str, Any]], col
                 services.metrics.observe_answer(result, collection)
                 yield sse_event(result.to_dict(), "done")
     except CandorError as exc:
-        status, body = error_payload(exc)
+        status, body = error_payload(exc, request_id)
         services.metrics.failures.labels(type(exc).__name__).inc()
         yield sse_event({**body, "status": status}, "error")
 
@@ -49,7 +51,7 @@ async def _events(services: Services, stream: AsyncIterator[dict[str, Any]], col
     responses={200: {"content": {"text/event-stream": {}}}},
     summary="Answer a question from a collection, or refuse",
 )
-async def chat(body: ChatRequest, principal: PrincipalDep, services: ServicesDep):
+async def chat(body: ChatRequest, principal: PrincipalDep, services: ServicesDep, request: Request):
     principal.require_collection(body.collection)
     req = to_answer_request(body, principal.key_id)
     if not body.stream:
@@ -59,7 +61,7 @@ async def chat(body: ChatRequest, principal: PrincipalDep, services: ServicesDep
     stream = services.engine.stream(req)
     first = await stream.__anext__()  # failures before the first event are plain HTTP errors
     return StreamingResponse(
-        _events(services, prepend(first, stream), body.collection),
+        _events(services, prepend(first, stream), body.collection, request_id_of(request)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

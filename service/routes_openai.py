@@ -15,16 +15,17 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from candor.errors import CandorError, InvalidInputError
 from candor.service.answering import AnswerRequest
 from candor.service.deps import PrincipalDep, ServicesDep
-from candor.service.errors import error_payload
+from candor.service.errors import error_payload, request_id_of
 from candor.service.schemas import COLLECTION_PATTERN
 from candor.service.sse import prepend, sse_event
+from candor.text import check_storable
 
 router = APIRouter(tags=["openai"])
 
@@ -33,6 +34,12 @@ class OAIMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = Field(None)
+
+    @field_validator("content")
+    @classmethod
+    def _storable(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        check_storable(_text(v))  # the question and the history are logged: no NUL, valid Unicode
+        return v
 
 
 class OAIChatRequest(BaseModel):
@@ -77,7 +84,7 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
 
 
 @router.post("/v1/chat/completions", summary="OpenAI-compatible chat (model = collection)")
-async def chat_completions(body: OAIChatRequest, principal: PrincipalDep, services: ServicesDep):
+async def chat_completions(body: OAIChatRequest, principal: PrincipalDep, services: ServicesDep, request: Request):
     principal.require_collection(body.model)
     req = to_answer_request(body, principal.key_id)
     created = int(time.time())
@@ -111,7 +118,7 @@ async def chat_completions(body: OAIChatRequest, principal: PrincipalDep, servic
                     services.metrics.observe_answer(result, body.model)
                     yield sse_event(_chunk(cid, created, body.model, {}, "stop", candor=_extras(result)))
         except CandorError as exc:
-            status, err = error_payload(exc)
+            status, err = error_payload(exc, request_id_of(request))
             yield sse_event({"error": {**err, "code": status}})
         yield sse_event("[DONE]")
 

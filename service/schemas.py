@@ -17,18 +17,20 @@ from pydantic import (
     field_validator,
 )
 
+from candor.text import StoredText
+
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{1,61}[A-Za-z0-9]$"  # ingest reserves dots
 
 
 class Turn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=20_000)
+    content: StoredText = Field(max_length=20_000)
 
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, description="The question to answer from the collection.")
+    question: StoredText = Field(min_length=1, description="The question to answer from the collection.")
     collection: str = Field(pattern=COLLECTION_PATTERN, description="Which document collection to search.")
     top_k: int | None = Field(None, ge=1, le=20, description="How many chunks to retrieve.")
     stream: bool = Field(False, description="Server-sent events: token events, then a final event.")
@@ -39,7 +41,7 @@ class ChatRequest(BaseModel):
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("question must not be blank")
-        return _utf8(v)
+        return v
 
 
 class Citation(BaseModel):
@@ -79,8 +81,8 @@ class ChatResponse(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     verdict: Literal["hallucination", "correct", "should_have_refused", "wrong_refusal"]
-    correction: str | None = Field(None, max_length=4000)
-    comment: str | None = Field(None, max_length=4000)
+    correction: StoredText | None = Field(None, max_length=4000)
+    comment: StoredText | None = Field(None, max_length=4000)
 
 
 class FeedbackResponse(BaseModel):
@@ -91,28 +93,15 @@ class FeedbackResponse(BaseModel):
 
 
 MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
-MetaValue = Annotated[str, StringConstraints(max_length=1000)] | StrictBool | StrictInt | FiniteFloat
-
-
-def _utf8(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
-    return value
+MetaValue = Annotated[StoredText, StringConstraints(max_length=1000)] | StrictBool | StrictInt | FiniteFloat
 
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")
-    text: str = Field(min_length=1, max_length=2_000_000)
-    title: str | None = Field(None, max_length=1000)
+    id: StoredText = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")
+    text: StoredText = Field(min_length=1, max_length=2_000_000)
+    title: StoredText | None = Field(None, max_length=1000)
     metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=32)
-
-    @field_validator("id", "text", "title")
-    @classmethod
-    def _valid_unicode(cls, v: str | None) -> str | None:
-        return None if v is None else _utf8(v)
 
     @field_validator("id")
     @classmethod
@@ -121,14 +110,6 @@ class DocumentIn(BaseModel):
         # climbs out of its root or names an absolute path is refused, not stored.
         if re.match(r"^([/\\]|[A-Za-z]:)", v) or ".." in re.split(r"[/\\]", v):
             raise ValueError("document id must be a relative path without '..' segments")
-        return v
-
-    @field_validator("metadata")
-    @classmethod
-    def _valid_metadata(cls, v: dict) -> dict:
-        for value in v.values():
-            if isinstance(value, str):
-                _utf8(value)
         return v
 
 
