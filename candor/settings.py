@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     api_url: str = Field("http://127.0.0.1:8000", description="Where `candor ask` finds the API.")
     api_key: str | None = Field(None, description="Key `candor ask` sends.")
     auth_disabled: bool = Field(False, description="Only for local demos: every request is an admin.")
+    metrics_auth: Literal["admin", "open"] = Field(
+        "admin",
+        description="Who may read /metrics, whose labels name every collection: 'admin' (an admin key for "
+        "every collection) or 'open' (no key: only where the port is reachable from the metrics network alone).",
+    )
     min_retrieval_score: float = Field(0.30, ge=-1.0, le=1.0, description="Retrieval gate threshold.")
     refusal_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Refuse when the model's refusal confidence exceeds this."

@@ -93,7 +93,10 @@ def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
 
 
 def _citation(chunk: Any, snippet_chars: int = 300) -> dict[str, Any]:
-    text = " ".join(chunk.text.split())
+    # The snippet shows the passage as the model saw it: sentences the injection filter dropped from the
+    # prompt are not relayed to clients either. The filter is phrase-based, so a snippet is still untrusted
+    # document text (docs/deploy.md, "Citations are untrusted text").
+    text = " ".join(strip_injections(chunk.text)[0].split())
     return {
         "doc_id": chunk.doc_id,
         "chunk_id": chunk.chunk_id,

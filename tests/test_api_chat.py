@@ -152,6 +152,6 @@ def test_readyz_and_metrics(api):
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"chroma": "ok", "database": "ok", "model_server": "ok"}
     chat(api, OFF_TOPIC)
-    metrics = api.client.get("/metrics").text
+    metrics = api.client.get("/metrics", headers=api.headers(api.admin_key)).text
     assert 'candor_answers_total{adapter="",collection="handbook",layer="retrieval_gate",refused="true"}' in metrics
     assert "candor_http_requests_total" in metrics
