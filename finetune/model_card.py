@@ -258,7 +258,7 @@ def verifier_card_text(summary: dict, meta: dict, evals: list[tuple[str, dict]])
 
 def ship_verifier(run_dir: Path, dest: Path, eval_paths: list[Path] | None = None) -> Path:
     """Copy ``run_dir/verifier`` to ``dest`` (atomically) with its card and training summary."""
-    from candor.answerability import CONFIG_FILE, WEIGHTS_FILE
+    from candor.answerability import CONFIG_FILE, WEIGHTS_FILE, describe_base_model
 
     run_dir, dest = Path(run_dir), Path(dest)
     src = run_dir / "verifier"
@@ -270,6 +270,10 @@ def ship_verifier(run_dir: Path, dest: Path, eval_paths: list[Path] | None = Non
         raise InvalidInputError(f"verifier is {size / 1e6:.1f} MB; the shipped one must stay under 25 MB")
     summary = json.loads((run_dir / "train_summary.json").read_text())
     meta = json.loads((src / CONFIG_FILE).read_text())
+    for doc in (meta, summary):  # a run from before base models were named by package: name it so now
+        base = doc.get("base_model")
+        if isinstance(base, str) and Path(base).is_absolute():
+            doc["base_model"] = describe_base_model(Path(base))
     evals = []
     for path in eval_paths or []:
         if not Path(path).exists():
@@ -279,8 +283,8 @@ def ship_verifier(run_dir: Path, dest: Path, eval_paths: list[Path] | None = Non
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in (CONFIG_FILE, WEIGHTS_FILE):
-        shutil.copy2(src / f, tmp / f)
+    shutil.copy2(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(verifier_card_text(summary, meta, evals), encoding="utf-8")
     (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     if dest.exists():

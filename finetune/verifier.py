@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from candor.answerability import FORMAT, WEIGHTS_FILE, VerifierMeta, load_classifier
+from candor.answerability import FORMAT, WEIGHTS_FILE, VerifierMeta, describe_base_model, load_classifier
 from candor.errors import InvalidInputError
 from candor.finetune.squad import Corpus, Question
 from candor.hardware import auto_float_dtype
@@ -196,7 +196,7 @@ def save_verifier(model, folder: Path, cfg: VerifierConfig, base_path: Path, val
     tensors = {n: t.to(torch.float16).contiguous() for n, t in trainable_state(model).items()}
     save_file(tensors, str(folder / WEIGHTS_FILE))
     threshold = None if validation is None else validation.get("threshold")
-    VerifierMeta(FORMAT, str(base_path), cfg.max_length, threshold, validation).write(folder)
+    VerifierMeta(FORMAT, describe_base_model(base_path), cfg.max_length, threshold, validation).write(folder)
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -336,7 +336,7 @@ def train_verifier(
     save_verifier(model, out / "verifier", cfg, base_path, validation)
     summary = {
         "config": asdict(cfg),
-        "base_model": str(base_path),
+        "base_model": describe_base_model(base_path),
         "train": pair_stats(train_pairs),
         "val_articles": sorted(val_articles),
         "steps": state["step"],

