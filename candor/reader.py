@@ -155,7 +155,7 @@ def best_spans(
 class AnswerabilityReader:
     """Reads (question, passage) pairs; thread-safe, batched, torch threads set by the caller."""
 
-    def __init__(self, folder: Path, base_path: Path, batch_size: int = 8):
+    def __init__(self, folder: Path, base_path: Path, batch_size: int = 8, int8: bool = False):
         import torch
         from safetensors.torch import load_file
 
@@ -179,6 +179,8 @@ class AnswerabilityReader:
         if unexpected:
             raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
         self.model.eval()
+        if int8:  # dynamic int8 weights for the Linear layers, float32 activations (CPU)
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._torch = torch

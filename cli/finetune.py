@@ -223,3 +223,95 @@ def ship_verifier_cmd(
     from candor.finetune.model_card import ship_verifier
 
     typer.echo(f"shipped {ship_verifier(run_dir, dest, eval_json)}")
+
+
+def _reader_sources(p: dict, source: Path | None, split: str | None) -> list[str]:
+    """build_data's source (its train split) first, then params reader.extra_sources that exist here."""
+    from candor.data_source import data_split
+    from candor.finetune.params import section
+    from candor.finetune.reader import parse_source
+
+    data = section(p, "build_data")
+    split = split or data.get("split", "train")
+    primary = data_split(split, source or data.get("source"))
+    specs = [str(primary) if primary.is_file() else f"{primary}:{split}"]
+    for extra in section(p, "reader").get("extra_sources") or []:
+        if parse_source(str(extra))[0].exists():
+            specs.append(str(extra))
+        else:
+            typer.echo(f"warning: reader extra source {extra} not found here; training without it", err=True)
+    return specs
+
+
+@finetune.command("train-reader")
+def train_reader_cmd(
+    params: Path = PARAMS,
+    source: Path | None = typer.Option(None, help=SOURCE_HELP),
+    split: str | None = typer.Option(None, help="Split inside a JSONL folder (default: params build_data.split)."),
+    output_dir: str | None = typer.Option(None, help="Override the run folder."),
+    max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
+    time_budget_minutes: float | None = typer.Option(None, help="Save and stop after this many minutes."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+) -> None:
+    """Train the extractive answerability reader (Trainer; resumes from its newest checkpoint)."""
+    _logging()
+    from candor.answerability import describe_base_model
+    from candor.finetune.params import load_params, reader_config
+    from candor.finetune.reader import train_reader
+    from candor.settings import get_settings
+
+    p = load_params(params)
+    cfg = reader_config(
+        p,
+        _reader_sources(p, source, split),
+        output_dir=output_dir,
+        max_steps=max_steps,
+        time_budget_minutes=time_budget_minutes,
+    )
+    base = get_settings().resolved_embed_model_path
+    summary = train_reader(cfg, base, describe_base_model(base), resume=not fresh)
+    summary.pop("config", None)
+    summary.pop("data", None)
+    typer.echo(json.dumps(summary, indent=1))
+
+
+@finetune.command("eval-reader")
+def eval_reader_cmd(
+    reader: Path = typer.Argument(..., help="A reader folder (reader.json + reader.safetensors)."),
+    params: Path = PARAMS,
+    source: Path | None = typer.Option(None, help=SOURCE_HELP),
+    split: str = typer.Option("dev", help="The split to report."),
+    limit: int = typer.Option(0, help="A stratified sample of this many questions (0 = all)."),
+    threshold: float | None = typer.Option(None, help="Threshold on 1 - P(answerable); default: the reader's."),
+    out: Path = typer.Option(Path("reports/reader-oracle-dev.json"), help="Output JSON (+ .md beside it)."),
+) -> None:
+    """The reader alone in oracle mode: SQuAD 2.0 EM/F1 (HasAns/NoAns) and Candor's decision metrics."""
+    _logging()
+    from candor.data_source import data_split
+    from candor.finetune.evaluate import oracle_items
+    from candor.finetune.params import load_params, section
+    from candor.finetune.reader_eval import evaluate_reader, write_reader_report
+    from candor.finetune.squad import load_squad
+    from candor.reader import AnswerabilityReader
+    from candor.settings import get_settings
+
+    ev = section(load_params(params), "eval")
+    corpus = load_squad(data_split(split, source or ev.get("source")), split)
+    items = oracle_items(
+        corpus,
+        limit=limit,
+        seed=int(ev.get("seed", 13)),
+        extra_categories=ev.get("extra_categories", []) or [],
+        extra_limit=int(ev.get("extra_limit", 100)),
+    )
+    model = AnswerabilityReader(reader, get_settings().resolved_embed_model_path)
+    report = evaluate_reader(model, items, threshold)
+    report["reader"] = str(reader)
+    report["split"] = split
+    write_reader_report(report, out)
+    d, s = report["decision"], report["squad2"]
+    typer.echo(
+        f"AUROC {d['auroc']:.3f}  hallucination {100 * d['hallucination_rate']:.1f}%  over-refusal "
+        f"{100 * d['over_refusal']:.1f}%  SQuAD2 EM {100 * s['all']['em']:.1f} F1 {100 * s['all']['f1']:.1f}"
+    )
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")

