@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.reader import Evidence, folder_version
 
 FORMAT = "candor-verifier/1"
 CONFIG_FILE = "verifier.json"
@@ -113,6 +114,8 @@ def load_classifier(base_path: Path):
 class AnswerabilityVerifier:
     """Scores (question, passage) pairs; thread-safe, batched, torch threads set by the caller."""
 
+    layer = "verifier"
+
     def __init__(self, folder: Path, base_path: Path, batch_size: int = 8):
         import torch
         from safetensors.torch import load_file
@@ -144,6 +147,7 @@ class AnswerabilityVerifier:
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._torch = torch
+        self.version = folder_version(self.folder, WEIGHTS_FILE)
 
     @property
     def threshold(self) -> float | None:
@@ -167,6 +171,11 @@ class AnswerabilityVerifier:
                 logits = self.model(**enc).logits[:, 0].float()
                 out.extend(torch.sigmoid(logits).tolist())
         return out
+
+    def read(self, question: str, passages: Sequence[str]) -> list[Evidence]:
+        """P(answerable) per passage, as the reader gives it; a classifier marks no evidence span."""
+        probs = self.probabilities([(question, p) for p in passages])
+        return [Evidence(i, p, -1, -1, "", 0.0, 0.0) for i, p in enumerate(probs)]
 
     def answerable_probability(self, question: str, passages: Sequence[str]) -> float:
         """A question is as answerable as its best passage; with no passage it is not."""

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from candor.errors import InvalidInputError, NotFoundError
 
@@ -84,6 +85,28 @@ class Evidence:
     text: str
     span_score: float  # P(this span) under the reader's start/end distributions
     null_score: float  # P(no answer)
+
+
+class PassageReader(Protocol):
+    """The answerability layer's seam: the reader, or the older verifier (which marks no span)."""
+
+    layer: str  # the refusal layer this model's decisions are recorded under
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def read(self, question: str, passages: Sequence[str]) -> list[Evidence]: ...
+
+
+def folder_version(folder: Path, weights_file: str) -> str:
+    """A model folder's name and the first 12 hex digits of its weights' sha256 (what the log records)."""
+    import hashlib
+
+    digest = hashlib.sha256((Path(folder) / weights_file).read_bytes()).hexdigest()[:12]
+    return f"{Path(folder).name}@{digest}"
 
 
 def load_qa_model(base_path: Path):
@@ -155,6 +178,8 @@ def best_spans(
 class AnswerabilityReader:
     """Reads (question, passage) pairs; thread-safe, batched, torch threads set by the caller."""
 
+    layer = "reader"
+
     def __init__(self, folder: Path, base_path: Path, batch_size: int = 8, int8: bool = False):
         import torch
         from safetensors.torch import load_file
@@ -184,6 +209,7 @@ class AnswerabilityReader:
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._torch = torch
+        self.version = folder_version(self.folder, WEIGHTS_FILE)
 
     @property
     def threshold(self) -> float | None:

@@ -139,6 +139,18 @@ class Settings(BaseSettings):
         description="Refuse before generating when 1 - P(answerable), raised by a weak best retrieval match, "
         "reaches this; default: the verifier's own.",
     )
+    reader_path: Path | None = Field(
+        None,
+        description="Extractive answerability reader (from `candor finetune train-reader`; shipped: "
+        "models/candor-reader): P(answerable) and an evidence span per passage. Takes the verifier's place.",
+    )
+    reader_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Refuse before generating when 1 - P(answerable) from the reader, raised by a weak best "
+        "retrieval match, reaches this; default: the reader's own (chosen on validation).",
+    )
     grounding_min_support: float = Field(0.5, ge=0.0, le=1.0)
     grounding_enforce: bool = Field(True, description="Turn ungrounded answers into refusals.")
     rate_limit_per_minute: int = Field(120, ge=1)
@@ -175,12 +187,10 @@ class Settings(BaseSettings):
         ".json; unset: ../shared/data/squad2 beside a source checkout, where it exists (candor/data_source.py).",
     )
 
-    @field_validator("data_source", mode="before")
-    @classmethod
-    def _blank_data_source_is_unset(cls, v: object) -> object:
-        return None if isinstance(v, str) and not v.strip() else v
-
-    @field_validator("chroma_url", "database_url", "llm_adapter", "api_key", mode="before")
+    @field_validator(
+        "chroma_url", "database_url", "llm_adapter", "api_key", "data_source", "verifier_path", "reader_path",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -193,6 +203,8 @@ class Settings(BaseSettings):
             )
         if self.max_input_tokens >= self.max_total_tokens:
             raise ValueError("max_input_tokens must be smaller than max_total_tokens")
+        if self.reader_path is not None and self.verifier_path is not None:
+            raise ValueError("set CANDOR_READER_PATH or CANDOR_VERIFIER_PATH, not both: one answerability layer")
         return self
 
     # --- derived paths ---------------------------------------------------------

@@ -154,6 +154,9 @@ def eval_cmd(
     verifier: Path | None = typer.Option(
         None, help="An answerability verifier folder: its 1 - P(answerable) becomes every model's refusal signal."
     ),
+    reader: Path | None = typer.Option(
+        None, help="An answerability reader folder: its 1 - P(answerable) becomes every model's refusal signal."
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate base and adapters side by side: answers, refusals, hallucination, the threshold curve."""
@@ -180,6 +183,7 @@ def eval_cmd(
         "out": out,
         "progress": progress,
         "verifier_path": verifier,
+        "reader_path": reader,
     }
     if mode == "oracle":
         from candor.finetune.run_eval import run_oracle_eval

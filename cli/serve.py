@@ -28,9 +28,9 @@ def serve(
 
     settings = get_settings()
     apply_thread_settings(settings.torch_threads)  # first: before anything imported below starts a thread pool
-    from candor.service.api import check_verifier
+    from candor.service.api import check_answerability
 
-    check_verifier(settings)  # a clear message now rather than a traceback from the app's startup
+    check_answerability(settings)  # a clear message now rather than a traceback from the app's startup
     uvicorn.run(
         "candor.service.api:create_app",
         factory=True,

@@ -96,6 +96,8 @@ def log_answer(session: Session, rec: NewAnswer) -> str:
     row.refusal_confidence = rec.refusal_confidence
     row.grounded = rec.grounded
     row.grounding_support = rec.grounding_support
+    row.answerability_model = rec.answerability_model
+    row.answerability_threshold = rec.answerability_threshold
     session.add(row)
     session.flush()
     return row.id
@@ -132,6 +134,8 @@ def answer_out(row: AnswerRow, with_flags: bool = True) -> Answer:
         refusal_confidence=row.refusal_confidence,
         grounded=row.grounded,
         grounding_support=row.grounding_support,
+        answerability_model=row.answerability_model,
+        answerability_threshold=row.answerability_threshold,
         timings_ms=Timings(retrieval=row.retrieval_ms, generation=row.generation_ms, total=row.total_ms),
         api_key_id=row.api_key_id,
         error=row.error,

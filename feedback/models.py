@@ -100,6 +100,8 @@ class AnswerRow(Base):
     refusal_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     grounded: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     grounding_support: Mapped[float | None] = mapped_column(Float, nullable=True)
+    answerability_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    answerability_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     retrieval_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     generation_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     total_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -124,7 +126,7 @@ class AnswerRow(Base):
         CheckConstraint("status IN ('ok', 'failed')", name="status"),
         CheckConstraint(
             "refusal_layer IS NULL OR refusal_layer IN "
-            "('retrieval_gate', 'verifier', 'model', 'grounding', 'threshold')",
+            "('retrieval_gate', 'verifier', 'reader', 'model', 'grounding', 'threshold')",
             name="refusal_layer",
         ),
         Index("ix_answers_collection_id", "collection", "id"),
@@ -145,6 +147,9 @@ class ChunkRow(Base):
     text: Mapped[str] = mapped_column(Text)
     prompt_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     text_sha256: Mapped[str] = mapped_column(String(64))
+    answerable: Mapped[float | None] = mapped_column(Float, nullable=True)  # the reader's P(answerable)
+    evidence_start: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the evidence span in ``text``
+    evidence_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     answer: Mapped[AnswerRow] = relationship(back_populates="chunks")
 

@@ -35,6 +35,7 @@ class ReviewStatus(StrEnum):
 class RefusalLayer(StrEnum):
     RETRIEVAL_GATE = "retrieval_gate"
     VERIFIER = "verifier"
+    READER = "reader"
     MODEL = "model"
     GROUNDING = "grounding"
     THRESHOLD = "threshold"
@@ -85,6 +86,9 @@ class ChunkLog(_Model):
     prompt_text: NulFreeText | None = None
     text_sha256: str = ""
     rank: int = 0
+    answerable: float | None = None  # the answerability reader's P(answerable) for this chunk
+    evidence_start: int | None = None  # the reader's evidence span, character offsets into ``text``
+    evidence_end: int | None = None
 
     @model_validator(mode="after")
     def _hash(self) -> ChunkLog:
@@ -187,6 +191,8 @@ class NewAnswer(_Asked):
     refusal_confidence: float | None = None
     grounded: bool | None = None
     grounding_support: float | None = None
+    answerability_model: str | None = Field(None, description="The reader (or verifier) that decided, and version.")
+    answerability_threshold: float | None = None
 
     @model_validator(mode="after")
     def _layer_matches(self) -> NewAnswer:
@@ -243,6 +249,8 @@ class Answer(_Model):
     refusal_confidence: float | None
     grounded: bool | None
     grounding_support: float | None
+    answerability_model: str | None = None
+    answerability_threshold: float | None = None
     timings_ms: Timings
     api_key_id: str | None
     error: str | None

@@ -132,6 +132,7 @@ def run_rag_eval(
     out: Path,
     progress: bool = True,
     verifier_path: Path | None = None,
+    reader_path: Path | None = None,
 ) -> dict:
     import anyio
     from tqdm import tqdm
@@ -156,13 +157,14 @@ def run_rag_eval(
         update={
             "database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}",
             "refusal_threshold": None,
-            # the verifier scores every question; its threshold is applied in the metrics, like the others
+            # the reader or verifier scores every question; its threshold is applied in the metrics
             "verifier_threshold": 1.0,
+            "reader_threshold": 1.0,
         }
     )
     from candor.finetune.run_eval import load_eval_verifier, refusal_signal
 
-    verifier = load_eval_verifier(settings, ev, verifier_path)
+    verifier = load_eval_verifier(settings, ev, verifier_path, reader_path)
     t0 = time.monotonic()
     ingest = ensure_collection(s, collection, [corpus, *others])
     token_thresholds = rag.get("thresholds", {}) or {}

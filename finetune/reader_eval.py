@@ -14,18 +14,10 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from candor.finetune.evaluate import EvalItem
 from candor.finetune.metrics import Scored, exact_match, summarize, token_f1
-from candor.reader import Evidence
-
-
-class PassageReader(Protocol):
-    @property
-    def threshold(self) -> float | None: ...
-
-    def read(self, question: str, passages: Sequence[str]) -> list[Evidence]: ...
+from candor.reader import Evidence, PassageReader
 
 
 def best_evidence(reader: PassageReader, question: str, passages: Sequence[str]) -> Evidence | None:

@@ -16,8 +16,13 @@ from candor.finetune.squad import load_squad
 from candor.hardware import resolve_dtype
 
 
-def load_eval_verifier(settings, ev: dict, verifier_path: Path | None):
-    """The verifier named on the command line or in params (eval.verifier), or None."""
+def load_eval_verifier(settings, ev: dict, verifier_path: Path | None, reader_path: Path | None = None):
+    """The answerability layer named on the command line or in params (eval.reader, eval.verifier), or None."""
+    reader = reader_path or ev.get("reader")
+    if reader:
+        from candor.reader import AnswerabilityReader
+
+        return AnswerabilityReader(Path(reader), settings.resolved_embed_model_path)
     path = verifier_path or ev.get("verifier")
     if not path:
         return None
@@ -29,7 +34,7 @@ def load_eval_verifier(settings, ev: dict, verifier_path: Path | None):
 def refusal_signal(verifier) -> str:
     if verifier is None:
         return "first token: probability of the refusal sentence's first token"
-    return f"verifier: 1 - P(answerable) from {verifier.folder}"
+    return f"{verifier.layer}: 1 - P(answerable) from {verifier.folder}"
 
 
 def run_oracle_eval(
@@ -44,6 +49,7 @@ def run_oracle_eval(
     out: Path,
     progress: bool = True,
     verifier_path: Path | None = None,
+    reader_path: Path | None = None,
 ) -> dict:
     from candor.finetune.probe import run_probe
 
@@ -74,7 +80,7 @@ def run_oracle_eval(
         threads=int(ev.get("torch_threads", 1)),
         top_n=int(ev.get("top_n_tokens", 5)),
     )
-    verifier = load_eval_verifier(settings, ev, verifier_path)
+    verifier = load_eval_verifier(settings, ev, verifier_path, reader_path)
     t0 = time.monotonic()
     pred_dir = out.parent / (out.stem + "-predictions")
     results = evaluate_oracle(

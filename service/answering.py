@@ -20,6 +20,7 @@ import anyio
 
 from candor.errors import CandorError, InvalidInputError
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, PromptTooLong, fit_messages
+from candor.reader import Evidence, PassageReader
 from candor.refusal_score import refusal_confidence
 from candor.service import refusal_policy as policy
 from candor.service.injection import strip_injections
@@ -49,6 +50,8 @@ class AnswerResult:
     grounding_support: float | None
     model: dict[str, str | None]
     timings_ms: dict[str, float]
+    # the answerability reader's best passage and span (None without a reader, or with no passage)
+    evidence: dict[str, Any] | None = None
     # every refusal signal measured, whichever one the policy applied (for evaluation; not in the API body)
     signals: dict[str, float | None] = field(default_factory=dict)
 
@@ -64,6 +67,7 @@ class AnswerResult:
             "grounding_support": self.grounding_support,
             "model": self.model,
             "timings_ms": self.timings_ms,
+            "evidence": self.evidence,
         }
 
 
@@ -82,8 +86,12 @@ class _Prepared:
     query: str = ""
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
-    answerable: float | None = None  # the verifier's P(answerable), when one is configured
-    verifier_ms: float = 0.0
+    answerable: float | None = None  # the answerability layer's P(answerable), when one is configured
+    evidence: list[Evidence] = field(default_factory=list)  # its verdict on each passage in the prompt
+    verifier_ms: float = 0.0  # time in the answerability layer (reader or verifier)
+
+    def best_evidence(self) -> Evidence | None:
+        return max(self.evidence, key=lambda ev: ev.answerable) if self.evidence else None
 
 
 def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
@@ -106,7 +114,24 @@ def _citation(chunk: Any, snippet_chars: int = 300) -> dict[str, Any]:
     }
 
 
-def _chunk_log(chunk: Any, sent_text: str | None) -> dict[str, Any]:
+def _evidence_out(prep: _Prepared) -> dict[str, Any] | None:
+    """The best passage's evidence as clients see it: offsets into ``passage``, the text the model saw."""
+    ev = prep.best_evidence()
+    if ev is None:
+        return None
+    chunk = prep.used[ev.passage]
+    return {
+        "chunk_id": chunk.chunk_id,
+        "doc_id": chunk.doc_id,
+        "passage": prep.contexts[ev.passage],
+        "start": ev.start if ev.start >= 0 else None,
+        "end": ev.end if ev.start >= 0 else None,
+        "text": ev.text,
+        "score": round(ev.answerable, 4),
+    }
+
+
+def _chunk_log(chunk: Any, sent_text: str | None, ev: Evidence | None = None) -> dict[str, Any]:
     return {
         "chunk_id": chunk.chunk_id,
         "doc_id": chunk.doc_id,
@@ -116,15 +141,24 @@ def _chunk_log(chunk: Any, sent_text: str | None) -> dict[str, Any]:
         "text": chunk.text,
         "text_sha256": hashlib.sha256(chunk.text.encode()).hexdigest(),
         "prompt_text": sent_text,
+        "answerable": None if ev is None else round(ev.answerable, 6),
+        "evidence_start": None if ev is None or ev.start < 0 else ev.start,
+        "evidence_end": None if ev is None or ev.start < 0 else ev.end,
     }
 
 
 class AnswerEngine:
     def __init__(
-        self, settings: Settings, retriever: Any, llm: Any, renderer: Any, store: Any, verifier: Any = None
+        self,
+        settings: Settings,
+        retriever: Any,
+        llm: Any,
+        renderer: Any,
+        store: Any,
+        answerability: PassageReader | None = None,
     ) -> None:
         self.settings = settings
-        self.verifier = verifier
+        self.answerability = answerability
         self.retriever = retriever
         self.llm = llm
         self.renderer = renderer
@@ -180,21 +214,26 @@ class AnswerEngine:
         prep.history = fitted.messages[1:-1]
         prep.messages = fitted.messages
         prep.prompt = self.renderer.render(fitted.messages)
-        if self.verifier is not None:
+        if self.answerability is not None:
             t0 = time.perf_counter()
             # the retrieval query: a follow-up carries its subject from the earlier turns
-            prep.answerable = await anyio.to_thread.run_sync(
-                self.verifier.answerable_probability, query, prep.contexts, limiter=self._verifier_limiter
+            prep.evidence = await anyio.to_thread.run_sync(
+                self.answerability.read, query, prep.contexts, limiter=self._verifier_limiter
             )
+            prep.answerable = max((ev.answerable for ev in prep.evidence), default=0.0)
             prep.verifier_ms = (time.perf_counter() - t0) * 1000
         return prep
 
     def verifier_threshold(self) -> float | None:
-        if self.verifier is None:
+        """The answerability layer's threshold on 1 - P(answerable): the setting, else the model's own."""
+        if self.answerability is None:
             return None
-        if self.settings.verifier_threshold is not None:
-            return self.settings.verifier_threshold
-        return self.verifier.threshold
+        configured = (
+            self.settings.reader_threshold
+            if self.answerability.layer == policy.READER
+            else self.settings.verifier_threshold
+        )
+        return configured if configured is not None else self.answerability.threshold
 
     def _verifier_confidence(self, prep: _Prepared) -> float | None:
         """The refusal confidence before generation: 1 - P(answerable), raised by a weak best retrieval
@@ -219,6 +258,7 @@ class AnswerEngine:
 
     async def _log(self, prep: _Prepared, result: AnswerResult, raw_answer: str | None) -> None:
         sent = dict(zip([c.chunk_id for c in prep.used], prep.contexts, strict=True))
+        by_chunk = {prep.used[ev.passage].chunk_id: ev for ev in prep.evidence}
         record = {
             "answer_id": result.answer_id,
             "question": prep.request.question,
@@ -226,7 +266,7 @@ class AnswerEngine:
             "history_in_prompt": len(prep.history) if prep.messages is not None else None,
             "retrieval_query": prep.query,
             "collection": prep.request.collection,
-            "chunks": [_chunk_log(c, sent.get(c.chunk_id)) for c in prep.retrieved],
+            "chunks": [_chunk_log(c, sent.get(c.chunk_id), by_chunk.get(c.chunk_id)) for c in prep.retrieved],
             "prompt_version": PROMPT_VERSION,
             "prompt": prep.prompt,
             "model_base": result.model["base"],
@@ -239,6 +279,8 @@ class AnswerEngine:
             "refusal_confidence": result.refusal_confidence,
             "grounded": result.grounded,
             "grounding_support": result.grounding_support,
+            "answerability_model": None if self.answerability is None else self.answerability.version,
+            "answerability_threshold": self.verifier_threshold(),
             "timings_ms": result.timings_ms,
             "api_key_id": prep.request.api_key_id,
         }
@@ -271,11 +313,11 @@ class AnswerEngine:
     def _new_id(self) -> str:
         return self.store.new_answer_id()
 
-    def _gate_result(self, prep: _Prepared, layer: str = policy.RETRIEVAL_GATE) -> AnswerResult:
-        """A refusal decided before generation: the retrieval gate or the verifier."""
-        confidence = None
-        if layer == policy.VERIFIER:
-            confidence = round(self._verifier_confidence(prep), 4)
+    def _gate_result(self, prep: _Prepared) -> AnswerResult:
+        """A refusal decided before generation: the retrieval gate, else the answerability layer."""
+        layer, confidence = policy.RETRIEVAL_GATE, None
+        if prep.gate.passed and self.answerability is not None:
+            layer, confidence = self.answerability.layer, round(self._verifier_confidence(prep), 4)
         return AnswerResult(
             answer_id=self._new_id(),
             answer=REFUSAL_SENTENCE,
@@ -287,23 +329,26 @@ class AnswerEngine:
             grounding_support=None,
             model=self.model_ref(),
             timings_ms=self._timings(prep, 0.0),
+            evidence=_evidence_out(prep),
         )
 
     def _judge(self, prep: _Prepared, text: str, first_token_top: Any, generation_ms: float) -> AnswerResult:
         confidence = refusal_confidence(first_token_top, [c.score for c in prep.used], prep.answerable)
+        best = prep.best_evidence()
         outcome = policy.judge_answer(
             text,
             prep.contexts,
             refusal_confidence=confidence,
             # with a verifier its threshold applied before generation; refusal_threshold is the first token's
-            refusal_threshold=self.settings.refusal_threshold if self.verifier is None else None,
+            refusal_threshold=self.settings.refusal_threshold if self.answerability is None else None,
             min_support=self.settings.grounding_min_support,
             enforce_grounding=self.settings.grounding_enforce,
+            evidence=best.text if best is not None else None,
         )
         answer = REFUSAL_SENTENCE if outcome.refused else text.strip()
         signals = {"first_token": refusal_confidence(first_token_top, [c.score for c in prep.used])}
         if prep.answerable is not None:
-            signals["verifier"] = confidence
+            signals["verifier"] = confidence  # the answerability layer's (reader or verifier)
         return AnswerResult(
             signals=signals,
             answer_id=self._new_id(),
@@ -316,13 +361,14 @@ class AnswerEngine:
             grounding_support=None if outcome.support is None else round(outcome.support, 4),
             model=self.model_ref(),
             timings_ms=self._timings(prep, generation_ms),
+            evidence=_evidence_out(prep),
         )
 
     # --- the two entry points --------------------------------------------------
     async def answer(self, req: AnswerRequest) -> AnswerResult:
         prep = await self._prepare(req)
         if not prep.gate.passed or self._verifier_refuses(prep):
-            result = self._gate_result(prep, policy.RETRIEVAL_GATE if not prep.gate.passed else policy.VERIFIER)
+            result = self._gate_result(prep)
             await self._log(prep, result, None)
             return result
         t0 = time.perf_counter()
@@ -343,12 +389,12 @@ class AnswerEngine:
         """
         prep = await self._prepare(req)
         if not prep.gate.passed or self._verifier_refuses(prep):
-            result = self._gate_result(prep, policy.RETRIEVAL_GATE if not prep.gate.passed else policy.VERIFIER)
+            result = self._gate_result(prep)
             await self._log(prep, result, None)
             yield {"event": "token", "text": result.answer}
             yield {"event": "done", "result": result}
             return
-        token_threshold = self.settings.refusal_threshold is not None and self.verifier is None
+        token_threshold = self.settings.refusal_threshold is not None and self.answerability is None
         hold = self.settings.grounding_enforce or token_threshold
         t0 = time.perf_counter()
         pieces: list[str] = []

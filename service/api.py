@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candor import __version__
 from candor.errors import InvalidInputError, NotFoundError
+from candor.reader import PassageReader
 from candor.service.deps import Services
 from candor.service.errors import RequestId, install_error_handlers
 from candor.service.metrics import ApiMetrics
@@ -81,34 +82,45 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"request body too large (limit {max_bytes} bytes)")
 
 
-def load_verifier(settings: Settings):
-    """The answerability verifier named by ``verifier_path``, or None (then only the model refuses)."""
-    if settings.verifier_path is None:
+def load_answerability(settings: Settings) -> PassageReader | None:
+    """The answerability layer: the reader (``reader_path``), else the verifier (``verifier_path``), else
+    None (then only the model refuses)."""
+    check_answerability(settings)
+    if settings.reader_path is not None:
+        from candor.reader import AnswerabilityReader
+
+        model: PassageReader = AnswerabilityReader(settings.reader_path, settings.resolved_embed_model_path)
+        configured = settings.reader_threshold
+    elif settings.verifier_path is not None:
+        from candor.answerability import AnswerabilityVerifier
+
+        model = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
+        configured = settings.verifier_threshold
+    else:
         return None
-    from candor.answerability import AnswerabilityVerifier
-
-    check_verifier(settings)
-    verifier = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
-    threshold = settings.verifier_threshold if settings.verifier_threshold is not None else verifier.threshold
-    log.info("answerability verifier %s (threshold %s)", settings.verifier_path, threshold)
-    return verifier
+    threshold = configured if configured is not None else model.threshold
+    log.info("answerability %s %s (threshold %s)", model.layer, model.version, threshold)
+    return model
 
 
-def check_verifier(settings: Settings) -> None:
-    """Fail before serving, with a message, when the configured verifier cannot work: its folder or
-    files are missing or malformed, or it has no threshold (it would cost every request its scoring
-    time and never refuse, while the first-token threshold is off whenever a verifier is set)."""
-    if settings.verifier_path is None:
+def check_answerability(settings: Settings) -> None:
+    """Fail before serving, with a message, when the configured reader or verifier cannot work: its
+    folder or files are missing or malformed, or it has no threshold (it would cost every request its
+    scoring time and never refuse, while the first-token threshold is off whenever one is set)."""
+    from candor import answerability, reader
+
+    if settings.reader_path is not None:
+        folder, threshold, env = settings.reader_path, settings.reader_threshold, "CANDOR_READER_THRESHOLD"
+        stored, weights = reader.ReaderMeta.read(folder).threshold, reader.WEIGHTS_FILE
+    elif settings.verifier_path is not None:
+        folder, threshold, env = settings.verifier_path, settings.verifier_threshold, "CANDOR_VERIFIER_THRESHOLD"
+        stored, weights = answerability.VerifierMeta.read(folder).threshold, answerability.WEIGHTS_FILE
+    else:
         return
-    from candor.answerability import WEIGHTS_FILE, VerifierMeta
-
-    meta = VerifierMeta.read(settings.verifier_path)
-    if not (settings.verifier_path / WEIGHTS_FILE).exists():
-        raise NotFoundError(f"no {WEIGHTS_FILE} in {settings.verifier_path}")
-    if settings.verifier_threshold is None and meta.threshold is None:
-        raise InvalidInputError(
-            f"the verifier at {settings.verifier_path} stores no threshold: set CANDOR_VERIFIER_THRESHOLD"
-        )
+    if not (folder / weights).exists():
+        raise NotFoundError(f"no {weights} in {folder}")
+    if threshold is None and stored is None:
+        raise InvalidInputError(f"the model at {folder} stores no threshold: set {env}")
 
 
 def build_services(settings: Settings) -> Services:
@@ -124,7 +136,7 @@ def build_services(settings: Settings) -> Services:
     retriever = Retriever(settings)
     llm = LLMClient(settings)
     renderer = PromptRenderer(settings.resolved_tokenizer_path)
-    engine = AnswerEngine(settings, retriever, llm, renderer, store, load_verifier(settings))
+    engine = AnswerEngine(settings, retriever, llm, renderer, store, load_answerability(settings))
     return Services(
         settings=settings,
         store=store,

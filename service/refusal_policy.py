@@ -2,11 +2,13 @@
 
 1. retrieval gate: nothing retrieved, or nothing above ``min_retrieval_score``:
    refuse without calling the model;
-2. the answerability verifier (when configured): refuse before generating when
-   1 - P(answerable), raised by a weak best retrieval match, reaches its threshold;
+2. the answerability layer (when configured: the extractive reader, or the older
+   verifier): refuse before generating when 1 - P(answerable), raised by a weak
+   best retrieval match, reaches its threshold;
 3. the model's own refusal, detected robustly (``candor.prompts.is_refusal``),
    and optionally a confidence threshold on the model's first token;
-4. grounding: how much of the answer the retrieved context supports; an
+4. grounding: how much of the answer the retrieved context supports (and, with
+   the reader, whether it shares anything with the evidence span); an
    unsupported answer is marked ``grounded: false`` and, when enforced, turned
    into the refusal sentence.
 Pure functions; the answer core calls them.
@@ -23,6 +25,7 @@ from candor.stopwords import FUNCTION_WORDS
 
 RETRIEVAL_GATE = "retrieval_gate"
 VERIFIER = "verifier"
+READER = "reader"
 MODEL = "model"
 THRESHOLD = "threshold"
 GROUNDING = "grounding"
@@ -95,14 +98,21 @@ def judge_answer(
     refusal_threshold: float | None,
     min_support: float,
     enforce_grounding: bool,
+    evidence: str | None = None,
 ) -> PolicyOutcome:
-    """Layers 2 and 3 on a generated answer."""
+    """Layers 2 and 3 on a generated answer.
+
+    With the reader's evidence span, an answer that shares no content word with it is not grounded,
+    however much of it the passages as a whole support.
+    """
     if is_refusal(answer):
         return PolicyOutcome(True, MODEL, None, None)
     if refusal_threshold is not None and refusal_confidence is not None and refusal_confidence >= refusal_threshold:
         return PolicyOutcome(True, THRESHOLD, None, None)
     support = grounding_support(answer, contexts)
     grounded = None if support is None else support >= min_support
+    if grounded and evidence and not grounding_support(answer, [evidence]):
+        grounded = False
     if grounded is False and enforce_grounding:
         return PolicyOutcome(True, GROUNDING, False, support)
     return PolicyOutcome(False, None, grounded, support)

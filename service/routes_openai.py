@@ -69,7 +69,7 @@ def to_answer_request(body: OAIChatRequest, key_id: str | None) -> AnswerRequest
 
 def _extras(result: Any) -> dict[str, Any]:
     d = result.to_dict()
-    return {k: d[k] for k in ("answer_id", "refused", "refusal_layer", "citations", "grounded", "model")}
+    return {k: d[k] for k in ("answer_id", "refused", "refusal_layer", "citations", "grounded", "model", "evidence")}
 
 
 def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None, **extra: Any) -> dict:

@@ -58,9 +58,21 @@ class ModelRef(BaseModel):
     adapter_version: str | None = None
 
 
+class EvidenceSpan(BaseModel):
+    """The answerability reader's best passage, and where in it the answer is."""
+
+    chunk_id: str
+    doc_id: str
+    passage: str = Field(description="The passage as the model saw it; start/end index into it.")
+    start: int | None = Field(description="Character offset of the evidence span (None: no span marked).")
+    end: int | None
+    text: str = Field(description="The evidence span's text.")
+    score: float = Field(description="The reader's P(answerable) for this passage.")
+
+
 class Timings(BaseModel):
     retrieval: float
-    verifier: float = 0.0  # the answerability verifier, when one is configured
+    verifier: float = 0.0  # the answerability layer (reader or verifier), when one is configured
     generation: float
     total: float
 
@@ -69,13 +81,14 @@ class ChatResponse(BaseModel):
     answer_id: str
     answer: str
     refused: bool
-    refusal_layer: Literal["retrieval_gate", "verifier", "model", "threshold", "grounding"] | None
+    refusal_layer: Literal["retrieval_gate", "verifier", "reader", "model", "threshold", "grounding"] | None
     refusal_confidence: float | None
     citations: list[Citation]
     grounded: bool | None
     grounding_support: float | None
     model: ModelRef
     timings_ms: Timings
+    evidence: EvidenceSpan | None = None
 
 
 class FeedbackRequest(BaseModel):

@@ -47,3 +47,11 @@ def test_ungrounded_answer_becomes_refusal_when_enforced():
 def test_grounded_answer_passes():
     out = judge("Normandy, in France")
     assert not out.refused and out.grounded is True and out.support == 1.0
+
+
+def test_an_answer_sharing_nothing_with_the_evidence_span_is_not_grounded():
+    # supported by the passage as a whole, but the reader's evidence is elsewhere
+    out = judge("Normandy, in France", evidence="the 10th and 11th centuries")
+    assert out.refused and out.layer == "grounding" and out.grounded is False and out.support == 1.0
+    assert not judge("in the 10th century", evidence="the 10th and 11th centuries").refused
+    assert not judge("Normandy, in France", evidence="").refused  # no span marked: the passages decide

@@ -158,18 +158,18 @@ def test_a_verifier_that_cannot_serve_stops_candor_serve_with_a_message(
     tmp_path: Path, tiny_verifier, capsys, monkeypatch
 ):
     from candor.cli.main import main
-    from candor.service.api import check_verifier
+    from candor.service.api import check_answerability
 
     settings = Settings(verifier_path=tiny_verifier)
-    check_verifier(settings)  # the real one passes
+    check_answerability(settings)  # the real one passes
     no_threshold = tmp_path / "v"
     no_threshold.mkdir()
     (no_threshold / "verifier.safetensors").write_bytes((tiny_verifier / "verifier.safetensors").read_bytes())
     meta = json.loads((tiny_verifier / CONFIG_FILE).read_text())
     (no_threshold / CONFIG_FILE).write_text(json.dumps({**meta, "threshold": None}))
     with pytest.raises(InvalidInputError, match="CANDOR_VERIFIER_THRESHOLD"):
-        check_verifier(Settings(verifier_path=no_threshold))
-    check_verifier(Settings(verifier_path=no_threshold, verifier_threshold=0.4))  # a set threshold will do
+        check_answerability(Settings(verifier_path=no_threshold))
+    check_answerability(Settings(verifier_path=no_threshold, verifier_threshold=0.4))  # a set threshold will do
     monkeypatch.setenv("CANDOR_VERIFIER_PATH", str(tmp_path / "missing"))
     assert main(["serve", "--port", "1"]) != 0  # before uvicorn starts: no port is bound
     assert "not an answerability verifier" in capsys.readouterr().err
@@ -211,7 +211,7 @@ def test_the_gate_uses_the_confidence_the_api_reports_and_eval_scores():
     from candor.refusal_score import refusal_confidence
     from candor.service.answering import AnswerEngine
 
-    engine = AnswerEngine(Settings(), None, None, None, None, verifier=SimpleNamespace(threshold=0.3115))
+    engine = AnswerEngine(Settings(), None, None, None, None, SimpleNamespace(threshold=0.3115, layer="verifier"))
     weak = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.32), SimpleNamespace(score=0.2)])
     strong = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.6)])
     assert refusal_confidence(None, [0.32, 0.2], 0.75) == pytest.approx(1 - 0.75 * (1 - 0.15))  # 0.3625
