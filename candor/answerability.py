@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
-from candor.reader import Evidence, folder_version
+from candor.reader import Evidence, folder_version, load_trained_tensors
 
 FORMAT = "candor-verifier/1"
 CONFIG_FILE = "verifier.json"
@@ -118,31 +118,12 @@ class AnswerabilityVerifier:
 
     def __init__(self, folder: Path, base_path: Path, batch_size: int = 8):
         import torch
-        from safetensors.torch import load_file
 
         self.folder = Path(folder)
         self.meta = VerifierMeta.read(self.folder)
-        weights = self.folder / WEIGHTS_FILE
-        if not weights.exists():
-            raise NotFoundError(f"no {WEIGHTS_FILE} in {folder}")
         self.tokenizer, self.model = load_classifier(base_path)
-        try:
-            state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
-            raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
-        missing_head = {"classifier.weight", "classifier.bias"} - set(state)
-        if missing_head:
-            raise InvalidInputError(f"{weights}: lacks {sorted(missing_head)}")
-        try:
-            unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
-        except RuntimeError as exc:  # shape mismatch: trained on top of another encoder
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise InvalidInputError(
-                f"{weights} does not fit the encoder at {base_path} (trained on {self.meta.base_model or 'another'}): "
-                f"{first}"
-            ) from None
-        if unexpected:
-            raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
+        head = ("classifier.weight", "classifier.bias")
+        load_trained_tensors(self.model, self.folder / WEIGHTS_FILE, base_path, self.meta.base_model, head)
         self.model.eval()
         self.batch_size = batch_size
         self._lock = threading.Lock()

@@ -109,6 +109,34 @@ def folder_version(folder: Path, weights_file: str) -> str:
     return f"{Path(folder).name}@{digest}"
 
 
+def load_trained_tensors(model, weights: Path, base_path: Path, trained_on: str, head: tuple[str, ...]) -> None:
+    """Put the tensors a training run saved (float16, the changed ones only) onto the base encoder.
+
+    Every failure is a clear InvalidInputError: an unreadable file, a missing head, tensors of another shape
+    (trained on another encoder) or names the encoder does not have.
+    """
+    from safetensors.torch import load_file
+
+    if not weights.exists():
+        raise NotFoundError(f"no {weights.name} in {weights.parent}")
+    try:
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
+        raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
+    missing_head = set(head) - set(state)
+    if missing_head:
+        raise InvalidInputError(f"{weights}: lacks {sorted(missing_head)}")
+    try:
+        unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    except RuntimeError as exc:  # shape mismatch: trained on top of another encoder
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InvalidInputError(
+            f"{weights} does not fit the encoder at {base_path} (trained on {trained_on or 'another'}): {first}"
+        ) from None
+    if unexpected:
+        raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
+
+
 def load_qa_model(base_path: Path):
     """The base encoder with a fresh span head (training starts here; loading adds the tensors)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
@@ -182,27 +210,12 @@ class AnswerabilityReader:
 
     def __init__(self, folder: Path, base_path: Path, batch_size: int = 8, int8: bool = False):
         import torch
-        from safetensors.torch import load_file
 
         self.folder = Path(folder)
         self.meta = ReaderMeta.read(self.folder)
-        weights = self.folder / WEIGHTS_FILE
-        if not weights.exists():
-            raise NotFoundError(f"no {WEIGHTS_FILE} in {folder}")
         self.tokenizer, self.model = load_qa_model(base_path)
-        try:
-            state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
-            raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
-        if not any(k.startswith("qa_outputs.") for k in state):
-            raise InvalidInputError(f"{weights}: lacks the span head (qa_outputs)")
-        try:
-            unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
-        except RuntimeError as exc:  # shape mismatch: trained on top of another encoder
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise InvalidInputError(f"{weights} does not fit the encoder at {base_path}: {first}") from None
-        if unexpected:
-            raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
+        head = ("qa_outputs.weight", "qa_outputs.bias")
+        load_trained_tensors(self.model, self.folder / WEIGHTS_FILE, base_path, self.meta.base_model, head)
         self.model.eval()
         if int8:  # dynamic int8 weights for the Linear layers, float32 activations (CPU)
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)

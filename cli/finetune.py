@@ -21,6 +21,11 @@ SOURCE_HELP = (
     ".json. Default: params `source:`, else CANDOR_DATA_SOURCE, else ../shared/data/squad2 beside a checkout."
 )
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with build_data/train/eval sections.")
+# the options every training command shares
+OUTPUT_DIR = typer.Option(None, help="Override the run folder.")
+MAX_STEPS = typer.Option(None, help="Override max optimizer steps.")
+TIME_BUDGET = typer.Option(None, help="Stop (and save) after this many minutes; the next run resumes.")
+FRESH = typer.Option(False, "--fresh", help="Ignore checkpoints and start over.")
 
 
 def _logging() -> None:
@@ -72,11 +77,11 @@ def build_data(
 def train_cmd(
     params: Path = PARAMS,
     variant: str | None = typer.Option(None, help="A variant under train.variants in params.yaml (e.g. sft)."),
-    output_dir: str | None = typer.Option(None, help="Override the run folder."),
+    output_dir: str | None = OUTPUT_DIR,
     train_file: str | None = typer.Option(None, help="Override the training JSONL."),
-    max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
-    time_budget_minutes: float | None = typer.Option(None, help="Stop (and save) after this many minutes."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    max_steps: int | None = MAX_STEPS,
+    time_budget_minutes: float | None = TIME_BUDGET,
+    fresh: bool = FRESH,
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """QLoRA training with optional self-distillation; resumes from the newest checkpoint."""
@@ -103,10 +108,10 @@ def train_verifier_cmd(
     params: Path = PARAMS,
     source: Path | None = typer.Option(None, help=SOURCE_HELP),
     split: str | None = typer.Option(None, help="Split inside a JSONL folder (default: params build_data.split)."),
-    output_dir: str | None = typer.Option(None, help="Override the run folder."),
-    max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
-    time_budget_minutes: float | None = typer.Option(None, help="Stop (and save) after this many minutes."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    output_dir: str | None = OUTPUT_DIR,
+    max_steps: int | None = MAX_STEPS,
+    time_budget_minutes: float | None = TIME_BUDGET,
+    fresh: bool = FRESH,
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the answerability verifier (a cross-encoder on the embedding model); resumes from checkpoints."""
@@ -252,10 +257,10 @@ def train_reader_cmd(
     params: Path = PARAMS,
     source: Path | None = typer.Option(None, help=SOURCE_HELP),
     split: str | None = typer.Option(None, help="Split inside a JSONL folder (default: params build_data.split)."),
-    output_dir: str | None = typer.Option(None, help="Override the run folder."),
-    max_steps: int | None = typer.Option(None, help="Override max optimizer steps."),
-    time_budget_minutes: float | None = typer.Option(None, help="Save and stop after this many minutes."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    output_dir: str | None = OUTPUT_DIR,
+    max_steps: int | None = MAX_STEPS,
+    time_budget_minutes: float | None = TIME_BUDGET,
+    fresh: bool = FRESH,
 ) -> None:
     """Train the extractive answerability reader (Trainer; resumes from its newest checkpoint)."""
     _logging()

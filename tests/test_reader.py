@@ -188,7 +188,7 @@ def test_a_bad_reader_folder_is_a_clear_error(tmp_path: Path):
         with pytest.raises(InvalidInputError, match=message):
             AnswerabilityReader(tmp_path, base)
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"format": "candor-reader/1"}))
-    with pytest.raises(NotFoundError, match="reader.safetensors"):
+    with pytest.raises(NotFoundError, match="no reader.safetensors"):
         AnswerabilityReader(tmp_path, base)
     with pytest.raises(InvalidInputError, match="doc_stride"):
         ReaderConfig(max_length=64, doc_stride=40)
