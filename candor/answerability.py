@@ -21,14 +21,13 @@ the embedding model Candor already ships, so the folder stays a few MB.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
-from candor.reader import Evidence, folder_version, load_trained_tensors
+from candor.reader import Evidence, folder_version, load_trained_tensors, read_model_json, write_model_json
 
 FORMAT = "candor-verifier/1"
 CONFIG_FILE = "verifier.json"
@@ -67,32 +66,14 @@ class VerifierMeta:
 
     @classmethod
     def read(cls, folder: Path) -> VerifierMeta:
-        path = Path(folder) / CONFIG_FILE
-        if not path.exists():
-            raise NotFoundError(f"no {CONFIG_FILE} in {folder}: not an answerability verifier")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise InvalidInputError(f"{path}: expected a JSON object")
-        if data.get("format") != FORMAT:
-            raise InvalidInputError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-        max_length, threshold = data.get("max_length"), data.get("threshold")
+        data, path = read_model_json(folder, CONFIG_FILE, FORMAT, "an answerability verifier")
+        max_length = data.get("max_length")
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
             raise InvalidInputError(f"{path}: max_length must be an integer of at least 8, not {max_length!r}")
-        if threshold is not None and (
-            isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0
-        ):
-            raise InvalidInputError(f"{path}: threshold must be a number from 0 to 1 (or null), not {threshold!r}")
-        known = {"format", "base_model", "max_length", "threshold", "validation"}
-        fields = {k: v for k, v in data.items() if k in known}
-        fields.setdefault("base_model", "")
-        return cls(**fields)
+        return cls(**{"base_model": "", **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}})
 
     def write(self, folder: Path) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.__dict__, indent=1) + "\n", encoding="utf-8")
+        write_model_json(folder, CONFIG_FILE, self.__dict__)
 
 
 def load_classifier(base_path: Path):

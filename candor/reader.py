@@ -46,32 +46,41 @@ class ReaderMeta:
 
     @classmethod
     def read(cls, folder: Path) -> ReaderMeta:
-        path = Path(folder) / CONFIG_FILE
-        if not path.exists():
-            raise NotFoundError(f"no {CONFIG_FILE} in {folder}: not an answerability reader")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InvalidInputError(f"{path}: expected a JSON object with format {FORMAT!r}")
+        data, path = read_model_json(folder, CONFIG_FILE, FORMAT, "an answerability reader")
         for name in ("max_length", "doc_stride", "max_answer_len"):
             v = data.get(name, getattr(cls, name))
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(f"{path}: {name} must be a positive integer, not {v!r}")
-        threshold = data.get("threshold")
-        if threshold is not None and (
-            isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0
-        ):
-            raise InvalidInputError(f"{path}: threshold must be a number from 0 to 1 (or null), not {threshold!r}")
-        known = set(cls.__dataclass_fields__)
-        fields = {k: v for k, v in data.items() if k in known}
-        fields.setdefault("base_model", "")
-        return cls(**fields)
+        return cls(**{"base_model": "", **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}})
 
     def write(self, folder: Path) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.__dict__, indent=1) + "\n", encoding="utf-8")
+        write_model_json(folder, CONFIG_FILE, self.__dict__)
+
+
+def write_model_json(folder: Path, config_file: str, data: dict) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / config_file).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def read_model_json(folder: Path, config_file: str, fmt: str, what: str) -> tuple[dict, Path]:
+    """A model folder's JSON card, checked: present, an object of the expected format, a threshold in [0, 1]."""
+    path = Path(folder) / config_file
+    if not path.exists():
+        raise NotFoundError(f"no {config_file} in {folder}: not {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: expected a JSON object")
+    if data.get("format") != fmt:
+        raise InvalidInputError(f"{path}: format {data.get('format')!r}, expected {fmt!r}")
+    threshold = data.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0
+    ):
+        raise InvalidInputError(f"{path}: threshold must be a number from 0 to 1 (or null), not {threshold!r}")
+    return data, path
 
 
 @dataclass(frozen=True)
