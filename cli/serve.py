@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from typing import Annotated
 
 import typer
@@ -120,3 +121,15 @@ def _print_footer(result: dict) -> None:
     typer.echo(f"\n[{status}; grounded={grounded}; answer_id={result['answer_id']}]")
     for i, c in enumerate(result.get("citations", []), start=1):
         typer.echo(f"  [{i}] {c['source']} ({c['doc_id']}, score {c['score']:.3f}): {c['snippet'][:100]}")
+    evidence = result.get("evidence")
+    if evidence:
+        typer.echo(f"  evidence ({evidence['doc_id']}, P(answerable) {evidence['score']:.2f}):")
+        typer.echo(textwrap.indent(textwrap.fill(mark_evidence(evidence), width=96), "    "))
+
+
+def mark_evidence(evidence: dict, before: str = ">>", after: str = "<<") -> str:
+    """The passage as the model saw it, with the reader's evidence span between markers."""
+    passage, start, end = evidence["passage"], evidence.get("start"), evidence.get("end")
+    if start is None or end is None:
+        return passage
+    return f"{passage[:start]}{before}{passage[start:end]}{after}{passage[end:]}"

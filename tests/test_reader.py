@@ -272,3 +272,11 @@ def test_the_reader_commands_train_evaluate_and_report(tmp_path: Path, capsys):
     assert report["squad2"]["all"]["n"] == 8  # the dev split's 2 articles x 4 questions
     assert "SQuAD 2.0" in out.with_suffix(".md").read_text()
     assert main(["finetune", "eval-reader", str(tmp_path / "nope"), "--params", str(params)]) == 2
+
+
+def test_candor_ask_marks_the_evidence_inside_its_passage():
+    from candor.cli.serve import mark_evidence
+
+    ev = {"passage": PARA, "start": 42, "end": 47, "text": "Lumen"}
+    assert mark_evidence(ev) == PARA.replace("Lumen", ">>Lumen<<")
+    assert mark_evidence({**ev, "start": None, "end": None}) == PARA  # no span marked: the passage as is
