@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from reliability_helpers import running_api, settings_env
 
     from candor.feedback.store import AnswerStore
-    from candor.service.model_prep import prepare_base_model
+    from candor.model_server.model_prep import prepare_base_model
     from candor.settings import load_settings
 
     base_dir = prepare_base_model(load_settings(base_model_path=args.base_model)).resolve()

@@ -59,7 +59,7 @@ def main() -> None:
     import torch
 
     from candor.hardware import auto_float_dtype, cpu_flags
-    from candor.service.model_prep import prepare_base_model
+    from candor.model_server.model_prep import prepare_base_model
     from candor.settings import load_settings
 
     torch.set_num_threads(args.threads)

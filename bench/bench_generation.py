@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from fixtures.model import make_tiny_adapter, start_model_server  # the same launcher the tests use
 
-    from candor.service.model_prep import prepare_base_model
+    from candor.model_server.model_prep import prepare_base_model
     from candor.settings import load_settings
 
     settings = load_settings()

@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def generate_all(engine: Any, prompts: list[list[int]], adapter: str, new_tokens: int) -> list[dict]:
+    from candor.model_server.model_engine import ErrorEvent, GenerationJob
+    from candor.model_server.sampling import SamplingParams
     from candor.refusal_score import refusal_token_probability
-    from candor.service.model_engine import ErrorEvent, GenerationJob
-    from candor.service.sampling import SamplingParams
 
     out = []
     for ids in prompts:
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     from common import squad_corpus
 
     from candor.finetune.evaluate import oracle_items
+    from candor.model_server.adapters import AdapterSpec
+    from candor.model_server.model_engine import ModelEngine
     from candor.prompts import build_messages, is_refusal
-    from candor.service.adapters import AdapterSpec
-    from candor.service.model_engine import ModelEngine
     from candor.settings import load_settings
 
     items = oracle_items(squad_corpus("dev", args.source), limit=args.limit, seed=13, distractors=0)

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from fixtures.model import start_model_server
     from transformers import AutoTokenizer
 
-    from candor.service.model_prep import find_gguf, prepare_base_model
+    from candor.model_server.model_prep import find_gguf, prepare_base_model
     from candor.settings import load_settings
 
     settings = load_settings(base_model_path=args.base_model)

@@ -47,12 +47,12 @@ from bench_generation import PARAGRAPHS, build_prompts, concurrent, metrics_snap
 # the server then runs the ModelEngine of that file, everything else unchanged.
 ENGINE_SHIM = """\
 import importlib.util, os, sys
-import candor.service
-_spec = importlib.util.spec_from_file_location("candor.service.model_engine", os.environ["BENCH_ENGINE_FILE"])
+import candor.model_server
+_spec = importlib.util.spec_from_file_location("candor.model_server.model_engine", os.environ["BENCH_ENGINE_FILE"])
 _module = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = _module
 _spec.loader.exec_module(_module)
-candor.service.model_engine = _module
+candor.model_server.model_engine = _module
 print("bench: serving the ModelEngine of", _spec.origin, file=sys.stderr)
 """
 
@@ -112,14 +112,14 @@ class ForwardTimer:
 
 
 def engine_module(engine_file: Path | None) -> Any:
-    """candor.service.model_engine, or the module of another copy of that file."""
+    """candor.model_server.model_engine, or the module of another copy of that file."""
     if engine_file is None:
-        from candor.service import model_engine
+        from candor.model_server import model_engine
 
         return model_engine
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("candor.service._profiled_engine", engine_file)
+    spec = importlib.util.spec_from_file_location("candor.model_server._profiled_engine", engine_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -127,7 +127,7 @@ def engine_module(engine_file: Path | None) -> Any:
 
 
 def profile_engine(args: argparse.Namespace, base_dir: Path, prompts: list[str]) -> dict:
-    from candor.service.sampling import SamplingParams
+    from candor.model_server.sampling import SamplingParams
     from candor.settings import load_settings
 
     mod = engine_module(args.engine_file)
@@ -226,7 +226,7 @@ def prefill_sweep(args: argparse.Namespace, base_dir: Path, prompts: list[str]) 
     import torch
     from transformers import DynamicCache
 
-    from candor.service.model_engine import ModelEngine
+    from candor.model_server.model_engine import ModelEngine
     from candor.settings import load_settings
 
     settings = load_settings(base_model_path=base_dir, model_dtype=args.dtype, model_server_threads=args.threads)
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from candor.hardware import resolve_dtype
-    from candor.service.model_prep import prepare_base_model
+    from candor.model_server.model_prep import prepare_base_model
     from candor.settings import load_settings
 
     base_dir = prepare_base_model(load_settings(base_model_path=args.base_model)).resolve()
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = build_prompts(tokenizer, n_prompts) if args.prompts == "rag" else short_prompts(tokenizer, n_prompts)
     workload = {
         "prompts": args.prompts,
-        "engine_file": str(args.engine_file) if args.engine_file else "service/model_engine.py (installed)",
+        "engine_file": str(args.engine_file) if args.engine_file else "model_server/model_engine.py (installed)",
         "dtype": resolve_dtype(args.dtype),
         "new_tokens": args.new_tokens,
         "prompt_tokens_median": statistics.median(len(tokenizer(p)["input_ids"]) for p in prompts),

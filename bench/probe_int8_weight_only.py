@@ -18,9 +18,9 @@ from common import squad_corpus  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from candor.finetune.evaluate import oracle_items  # noqa: E402
+from candor.model_server.adapters import build_merged_model  # noqa: E402
+from candor.model_server.decode_attention import register_decode_attention  # noqa: E402
 from candor.prompts import build_messages, is_refusal  # noqa: E402
-from candor.service.adapters import build_merged_model  # noqa: E402
-from candor.service.decode_attention import register_decode_attention  # noqa: E402
 
 
 class WOLinear(torch.nn.Module):

@@ -24,7 +24,7 @@ def prepare(
     """
     import logging
 
-    from candor.service.model_prep import prepare_base_model
+    from candor.model_server.model_prep import prepare_base_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings()
@@ -58,8 +58,8 @@ def model_server(
     """
     import logging
 
-    from candor.service.adapters import parse_adapter_specs
-    from candor.service.model_server import run_server
+    from candor.model_server.adapters import parse_adapter_specs
+    from candor.model_server.app import run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {

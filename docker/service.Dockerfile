@@ -33,6 +33,7 @@ COPY candor/ candor/
 COPY cli/ cli/
 COPY ingest/ ingest/
 COPY service/ service/
+COPY model_server/ model_server/
 COPY finetune/ finetune/
 COPY feedback/ feedback/
 RUN pip install --no-cache-dir --no-deps . \

@@ -79,7 +79,7 @@ def adapter_sha256(adapter_dir: Path) -> str:
 def adapter_version(adapter_dir: Path) -> str:
     """The version id: sha256 over adapter_config.json then the weights, first 16 hex digits.
 
-    The same definition as the model server's (``candor.service.adapters.adapter_version``), so
+    The same definition as the model server's (``candor.model_server.adapters.adapter_version``), so
     the version the server reports, the one the answer log records and the registry's key are one
     string. The config is included because it changes behaviour too (``lora_alpha`` scales the weights).
     """

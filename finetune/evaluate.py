@@ -158,7 +158,7 @@ class LocalGenerator:
             raise NotFoundError(f"base model not found at {base_path} (run `candor model prepare`)")
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         self.tokenizer.padding_side = "left"
-        from candor.service.adapters import INT8, load_dtype
+        from candor.model_server.adapters import INT8, load_dtype
 
         if dtype == INT8:  # adapters stay unmerged here (several side by side); int8 is a serving mode
             raise InvalidInputError("evaluation runs in auto, bfloat16, float32 or float16: set eval.dtype, not int8")

@@ -135,7 +135,7 @@ def base_model_matches(claim: str, base_path: Path, base_model_id: str) -> bool:
     identifies as the same model (Candor's prepare marker), or a hub-style id
     whose last part equals the served model id's (``HuggingFaceTB/SmolLM2-135M-Instruct``).
     """
-    from candor.service.model_prep import read_model_identity
+    from candor.model_server.model_prep import read_model_identity
 
     claimed = Path(claim).expanduser()
     try:

@@ -30,10 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from candor import __version__
 from candor.errors import CandorError, InvalidInputError, NotFoundError
-from candor.service import openai_protocol as oai
-from candor.service import tgi_protocol as tgi
-from candor.service.adapters import AdapterSpec, check_adapter_name
-from candor.service.model_engine import (
+from candor.model_server import openai_protocol as oai
+from candor.model_server import tgi_protocol as tgi
+from candor.model_server.adapters import AdapterSpec, check_adapter_name
+from candor.model_server.model_engine import (
     EngineNotReady,
     ErrorEvent,
     GenerationJob,
@@ -41,7 +41,7 @@ from candor.service.model_engine import (
     StepEvent,
     UnknownAdapter,
 )
-from candor.service.server_metrics import ServerMetrics
+from candor.model_server.server_metrics import ServerMetrics
 from candor.settings import Settings
 
 log = logging.getLogger(__name__)

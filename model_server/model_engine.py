@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import CandorError, InvalidInputError, UnavailableError
-from candor.service.adapters import (
+from candor.model_server.adapters import (
     DEFAULT_ADAPTER_NAME,
     AdapterError,
     AdapterInfo,
@@ -40,7 +40,7 @@ from candor.service.adapters import (
     inspect_adapter,
     parse_adapter_specs,
 )
-from candor.service.model_prep import is_model_dir, read_model_identity
+from candor.model_server.model_prep import is_model_dir, read_model_identity
 from candor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,8 @@ class ModelEngine:
         apply_thread_settings(self.settings.model_server_threads)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from candor.service.adapters import INT8, finish_model, load_dtype
-        from candor.service.decode_attention import register_decode_attention
+        from candor.model_server.adapters import INT8, finish_model, load_dtype
+        from candor.model_server.decode_attention import register_decode_attention
 
         name = self.settings.model_dtype
         self.dtype = name if name == INT8 else load_dtype(name)  # "int8": float32 weights, then quantized
@@ -295,8 +295,8 @@ class ModelEngine:
         self._base = _Served(model=model, info=None)
 
     def _build_adapter(self, spec: AdapterSpec, info: AdapterInfo) -> _Served:
-        from candor.service.adapters import build_merged_model
-        from candor.service.decode_attention import register_decode_attention
+        from candor.model_server.adapters import build_merged_model
+        from candor.model_server.decode_attention import register_decode_attention
 
         assert self._base is not None
         started = time.perf_counter()
@@ -443,7 +443,7 @@ class ModelEngine:
         import torch
         from transformers import DynamicCache
 
-        from candor.service import kv_rows
+        from candor.model_server import kv_rows
 
         served = batch[0].served
         lengths = [len(p.job.input_ids) for p in batch]
@@ -490,8 +490,8 @@ class ModelEngine:
 
     def _start_row(self, pending: _Pending, last_logits: Any, prompt_logits: Any | None) -> _Row | None:
         """A prefilled request's row, its first token chosen and sent; None if that failed (the client is told)."""
-        from candor.service.sampling import TokenChooser
-        from candor.service.token_text import IncrementalDetokenizer
+        from candor.model_server.sampling import TokenChooser
+        from candor.model_server.token_text import IncrementalDetokenizer
 
         job = pending.job
         try:
@@ -523,7 +523,7 @@ class ModelEngine:
     def _step(self, cohort: _Cohort) -> None:
         import torch
 
-        from candor.service import kv_rows
+        from candor.model_server import kv_rows
 
         live = [i for i, r in enumerate(cohort.rows) if not r.pending.handle.cancelled]
         if len(live) != len(cohort.rows):
@@ -567,7 +567,7 @@ class ModelEngine:
 
     def _advance(self, row: _Row, logits: Any) -> None:
         """Choose the row's next token, send its event, and decide whether it is done."""
-        from candor.service.token_text import find_stop
+        from candor.model_server.token_text import find_stop
 
         job = row.pending.job
         choice = row.chooser.choose(logits)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from candor.service.tgi_protocol import (
+from candor.model_server.tgi_protocol import (
     MAX_TOP_N_TOKENS,
     Limits,
     ValidationFailed,

@@ -102,7 +102,7 @@ def validate_sampling(
     top_n_tokens: int | None,
 ) -> Any:
     """Check the sampling parameters and build SamplingParams (shared with the OpenAI routes)."""
-    from candor.service.sampling import SamplingParams
+    from candor.model_server.sampling import SamplingParams
 
     if temperature is not None and temperature <= 0:
         raise ValidationFailed("`temperature` must be strictly positive")

@@ -148,7 +148,7 @@ def test_ingest_chat_flag_export_across_postgres_chroma_and_a_model_server(deplo
     import chromadb
     from sqlalchemy import create_engine, text
 
-    from candor.service.adapters import adapter_version
+    from candor.model_server.adapters import adapter_version
 
     d = deployment
     env = d.api_env(d.work / "api-data")

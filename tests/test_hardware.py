@@ -55,7 +55,7 @@ def test_bf16_is_fast_only_with_the_instructions_for_it(cpu: str, fast: bool) ->
 def test_auto_resolves_in_settings_and_in_load_dtype(flags) -> None:
     import torch
 
-    from candor.service.adapters import load_dtype
+    from candor.model_server.adapters import load_dtype
 
     flags(AVX2_HOST)
     assert Settings().model_dtype == "float32"  # the default is auto

@@ -18,7 +18,7 @@ def registry(settings) -> AdapterRegistry:
 
 
 def test_version_is_the_model_servers_content_hash(tmp_path) -> None:
-    from candor.service.adapters import adapter_version as server_version
+    from candor.model_server.adapters import adapter_version as server_version
 
     a = write_adapter(tmp_path / "a", b"weights")
     assert adapter_version(a) == server_version(a)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from candor.service.adapters import (
+from candor.model_server.adapters import (
     AdapterError,
     AdapterSpec,
     adapter_version,
@@ -87,7 +87,7 @@ def test_merged_copy_changes_only_the_copy(base_model_dir: Path, tiny_adapter_di
     import torch
     from transformers import AutoModelForCausalLM
 
-    from candor.service.adapters import build_merged_model
+    from candor.model_server.adapters import build_merged_model
 
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.bfloat16, local_files_only=True)
     before = base.model.layers[0].self_attn.q_proj.weight.clone()
@@ -108,8 +108,8 @@ def test_merged_shipped_adapter_behaves_like_peft_unmerged(base_model_dir: Path)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from candor.model_server.adapters import build_merged_model
     from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
-    from candor.service.adapters import build_merged_model
 
     adapter = Path(__file__).resolve().parents[1] / "models" / "candor-refusal"
     tok = AutoTokenizer.from_pretrained(base_model_dir)

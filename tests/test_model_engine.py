@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from candor.service.adapters import AdapterSpec
-from candor.service.model_engine import EngineNotReady, ErrorEvent, GenerationJob, ModelEngine, UnknownAdapter
+from candor.model_server.adapters import AdapterSpec
+from candor.model_server.model_engine import EngineNotReady, ErrorEvent, GenerationJob, ModelEngine, UnknownAdapter
 from candor.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def prompt_ids(engine: ModelEngine, question: str) -> list[int]:
 
 
 def job(engine: ModelEngine, question: str, n: int = 24, adapter: str | None = None, **sampling) -> GenerationJob:
-    from candor.service.sampling import SamplingParams
+    from candor.model_server.sampling import SamplingParams
 
     return GenerationJob(prompt_ids(engine, question), n, SamplingParams(top_n_tokens=2, **sampling), adapter=adapter)
 
@@ -95,7 +95,7 @@ def test_stream_pieces_and_details_are_consistent(engine: ModelEngine) -> None:
 def test_stop_sequence_and_eos(engine: ModelEngine) -> None:
     full = run(engine, job(engine, QUESTIONS[0], n=40))[0].finish
     assert full.finish_reason == "eos_token" and full.generated_text == "The capital of France is Paris."
-    from candor.service.sampling import SamplingParams
+    from candor.model_server.sampling import SamplingParams
 
     stopped = run(engine, GenerationJob(prompt_ids(engine, QUESTIONS[0]), 40, SamplingParams(), stop=(" France",)))[
         0

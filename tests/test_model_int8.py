@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from candor.model_server.adapters import AdapterSpec
+from candor.model_server.model_engine import ErrorEvent, GenerationJob, ModelEngine
 from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
 from candor.refusal_score import refusal_token_probability
-from candor.service.adapters import AdapterSpec
-from candor.service.model_engine import ErrorEvent, GenerationJob, ModelEngine
 from candor.settings import Settings, load_settings
 
 REFUSAL_ADAPTER = Path(__file__).resolve().parents[1] / "models" / "candor-refusal"
@@ -82,7 +82,7 @@ def engines(base_model_dir: Path):
 
 def _first_steps(engine: ModelEngine, cases: list, n: int = 12) -> list:
     """Greedy generation for every case; each case's event list."""
-    from candor.service.sampling import SamplingParams
+    from candor.model_server.sampling import SamplingParams
 
     results = []
     for messages, adapter in cases:
@@ -127,7 +127,7 @@ def test_int8_engine_matches_float32_first_tokens_and_refusal_probability(engine
 def test_int8_is_a_setting_and_loads_float32_weights() -> None:
     import torch
 
-    from candor.service.adapters import load_dtype
+    from candor.model_server.adapters import load_dtype
 
     assert Settings(model_dtype="int8").model_dtype == "int8"
     assert load_dtype("int8") == torch.float32  # never torch.int8: that would truncate the weights
@@ -140,7 +140,7 @@ def test_int8_refuses_weights_that_are_not_on_the_cpu() -> None:
     import torch
 
     from candor.errors import InvalidInputError
-    from candor.service.adapters import quantize_int8
+    from candor.model_server.adapters import quantize_int8
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4)).to("meta")  # stands in for a GPU: not CPU memory
     with pytest.raises(InvalidInputError, match="CPU only"):

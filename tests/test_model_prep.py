@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from candor.cli.main import main
-from candor.service import model_prep
-from candor.service.model_prep import (
+from candor.model_server import model_prep
+from candor.model_server.model_prep import (
     MARKER_FILE,
     ModelPrepError,
     find_gguf,

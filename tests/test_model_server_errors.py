@@ -33,7 +33,7 @@ def assert_tgi_error(response: httpx.Response, status: int, error_type: str) -> 
 def test_503_until_the_model_is_loaded(base_model_dir: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from candor.service.model_server import create_app
+    from candor.model_server.app import create_app
     from candor.settings import load_settings
 
     settings = load_settings(base_model_path=base_model_dir, model_server_threads=1)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.model_server.openai_protocol import StopTrimmer, cut_at_stop, resolve_model
+from candor.model_server.token_text import IncrementalDetokenizer, find_stop
 from candor.service.chat_template import PromptRenderer
-from candor.service.openai_protocol import StopTrimmer, cut_at_stop, resolve_model
-from candor.service.token_text import IncrementalDetokenizer, find_stop
 from candor.settings import apply_thread_settings
 
 pytestmark = pytest.mark.slow  # they load the real tokenizer
@@ -76,7 +76,7 @@ def test_sampling_is_seeded_and_greedy_is_argmax() -> None:
     apply_thread_settings(1)
     import torch
 
-    from candor.service.sampling import SamplingParams, TokenChooser
+    from candor.model_server.sampling import SamplingParams, TokenChooser
 
     logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     greedy = TokenChooser(SamplingParams(top_n_tokens=3), []).choose(logits)
@@ -97,7 +97,7 @@ def test_repetition_penalty_lowers_seen_tokens() -> None:
     apply_thread_settings(1)
     import torch
 
-    from candor.service.sampling import SamplingParams, TokenChooser
+    from candor.model_server.sampling import SamplingParams, TokenChooser
 
     logits = torch.tensor([5.0, 4.9, 1.0])
     plain = TokenChooser(SamplingParams(), [0]).choose(logits)
