@@ -162,6 +162,11 @@ def eval_cmd(
     reader: Path | None = typer.Option(
         None, help="An answerability reader folder: its 1 - P(answerable) becomes every model's refusal signal."
     ),
+    questions: Path | None = typer.Option(
+        None,
+        help="A labelled question set (JSONL: question, answers, is_impossible, kind) to put end to end to an "
+        "already ingested --collection, instead of SQuAD (e.g. samples/handbook.questions.jsonl).",
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate base and adapters side by side: answers, refusals, hallucination, the threshold curve."""
@@ -176,11 +181,15 @@ def eval_cmd(
     mode = mode or ev.get("mode", "oracle")
     if mode not in ("oracle", "rag"):
         raise InvalidInputError("mode must be oracle or rag")
-    out = out or Path(ev.get("out", f"reports/eval-{mode}.json"))
+    default_out = f"reports/eval-{questions.name.split('.')[0]}.json" if questions else f"reports/eval-{mode}.json"
+    out = out or Path(ev.get("out", default_out))
     limit = ev.get("limit", 0) if limit is None else limit
     cal_limit = ev.get("calibration_limit", 600) if calibration_limit is None else calibration_limit
     if no_calibration:
         cal_limit = -1
+    if questions is not None:
+        _eval_question_set(settings, ev, models, questions, collection, out, verifier, reader)
+        return
     common = {
         "source": source,
         "split": split,
@@ -323,4 +332,31 @@ def eval_reader_cmd(
         f"AUROC {d['auroc']:.3f}  hallucination {100 * d['hallucination_rate']:.1f}%  over-refusal "
         f"{100 * d['over_refusal']:.1f}%  SQuAD2 EM {100 * s['all']['em']:.1f} F1 {100 * s['all']['f1']:.1f}"
     )
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def _eval_question_set(settings, ev: dict, models: dict, questions: Path, collection: str | None, out: Path,
+                       verifier: Path | None, reader: Path | None) -> None:  # fmt: skip
+    from candor.finetune.question_set_eval import run_question_set_eval
+    from candor.finetune.run_eval import load_eval_verifier
+
+    rag = ev.get("rag", {}) or {}
+    result = run_question_set_eval(
+        settings,
+        models,
+        questions,
+        collection or settings.default_collection,
+        out,
+        answerability=load_eval_verifier(settings, ev, verifier, reader),
+        llm_url=rag.get("llm_url"),
+        server_threads=int(rag.get("server_threads", 1)),
+        concurrency=int(rag.get("concurrency", 4)),
+        n_boot=int(ev.get("bootstrap", 1000)),
+    )
+    for name, res in result["models"].items():
+        m = res["model_only"]
+        typer.echo(
+            f"{name}: hallucination {100 * m['hallucination_rate']:.1f}%  over-refusal {100 * m['over_refusal']:.1f}%"
+            f"  answered-F1 {100 * m['answered_f1']:.1f}  layers {res['refusal_layers']}"
+        )
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")

@@ -89,3 +89,39 @@ def test_reader_and_verifier_together_is_a_settings_error(tiny_reader, tiny_veri
     with pytest.raises((SettingsError, ValueError), match="not both"):
         load_settings(reader_path=tiny_reader, verifier_path=tiny_verifier)
     assert Settings(reader_path="  ").reader_path is None  # blank is unset (compose passes empty variables)
+
+
+def test_a_labelled_question_set_is_measured_through_the_answer_core(
+    tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_reader
+):
+    import json
+
+    from candor.finetune.question_set_eval import load_question_set, repeats_a_sentence, run_question_set_eval
+    from candor.reader import AnswerabilityReader
+
+    h = _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_reader, None)
+    rows = [
+        {"id": "a", "question": ANSWERABLE, "answers": ["all-MiniLM-L6-v2"], "is_impossible": False},
+        {"id": "n", "question": "Which GPU does Candor need?", "answers": [], "is_impossible": True, "kind": "near"},
+        {"id": "o", "question": "What is the boiling point of mercury?", "answers": []},
+    ]
+    qfile = tmp_path / "set.jsonl"
+    qfile.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [q.kind for q in load_question_set(qfile)] == ["answerable", "near", "unanswerable"]
+    reader = AnswerabilityReader(tiny_reader, h.settings.resolved_embed_model_path)
+    out = tmp_path / "report.json"
+    run = run_question_set_eval(
+        h.settings, {"base": "base"}, qfile, COLLECTION, out, answerability=reader, threshold=0.0,
+        llm_url=model_server.url, n_boot=10,
+    )  # fmt: skip
+    res = run["models"]["base"]
+    assert [a["id"] for a in res["answers"]] == ["a", "n", "o"]
+    # threshold 0: the reader (or, before it, the retrieval gate) refuses all three; nothing is generated
+    assert res["model_only"]["refused_rate"] == 1.0 and set(res["refusal_layers"]) <= {"reader", "retrieval_gate"}
+    assert res["model_only"]["hallucination_rate"] == 0.0 and res["model_only"]["over_refusal"] == 1.0
+    assert "| near |" in out.with_suffix(".md").read_text()
+    assert repeats_a_sentence("I'm glad to help. I'm glad to help.") and not repeats_a_sentence("One two three. Four.")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q?", "answers": [], "is_impossible": False}) + "\n")
+    with pytest.raises(Exception, match="gold answers"):
+        load_question_set(bad)
