@@ -360,3 +360,15 @@ def _eval_question_set(settings, ev: dict, models: dict, questions: Path, collec
             f"  answered-F1 {100 * m['answered_f1']:.1f}  layers {res['refusal_layers']}"
         )
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@finetune.command("ship-reader")
+def ship_reader_cmd(
+    run_dir: Path = typer.Argument(..., help="A reader run folder (holds final/, summary.json, data_stats.json)."),
+    dest: Path = typer.Option(Path("models/candor-reader"), help="Where the shipped reader goes."),
+    report: list[Path] | None = typer.Option(None, "--report", help="eval-reader JSONs to quote in the card."),
+) -> None:
+    """Copy a trained reader into models/ with a card generated from its measured numbers."""
+    from candor.finetune.reader_card import ship_reader
+
+    typer.echo(f"shipped {ship_reader(run_dir, dest, report)}")

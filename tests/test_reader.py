@@ -280,3 +280,17 @@ def test_candor_ask_marks_the_evidence_inside_its_passage():
     ev = {"passage": PARA, "start": 42, "end": 47, "text": "Lumen"}
     assert mark_evidence(ev) == PARA.replace("Lumen", ">>Lumen<<")
     assert mark_evidence({**ev, "start": None, "end": None}) == PARA  # no span marked: the passage as is
+
+
+def test_ship_reader_copies_the_folder_with_a_card_from_measured_numbers(tmp_path: Path, tiny_reader: Path, capsys):
+    from candor.cli.main import main
+
+    dest = tmp_path / "models" / "candor-reader"
+    assert main(["finetune", "ship-reader", str(tiny_reader.parent), "--dest", str(dest)]) == 0
+    assert {f.name for f in dest.iterdir()} == {"reader.json", "reader.safetensors", "README.md", "training.json"}
+    meta = ReaderMeta.read(dest)
+    card = (dest / "README.md").read_text()
+    assert f"AUROC {meta.validation['auroc']}" in card and "retrieval_miss" in card and "Trainer" in card
+    assert AnswerabilityReader(dest, Settings().resolved_embed_model_path).threshold == meta.threshold
+    assert main(["finetune", "ship-reader", str(tmp_path / "nope"), "--dest", str(dest)]) == 2
+    assert "train the reader" in capsys.readouterr().err
