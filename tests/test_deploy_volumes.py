@@ -249,21 +249,22 @@ def test_prepare_exports_the_embedder_and_seeds_the_adapter_once(tmp_path: Path)
     assert volumes.inspect_adapter(tmp_path / "adapters" / "refusal").weights_sha256 == newer.weights_sha256
 
 
-def test_prepare_seeds_the_bundled_verifier_once_beside_the_embedder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["verifier", "reader"])
+def test_prepare_seeds_the_bundled_answerability_model_once_beside_the_embedder(tmp_path: Path, kind: str) -> None:
     bundled = tmp_path / "image-models"
     make_adapter(bundled / "refusal", seed=1)
-    (bundled / "candor-verifier").mkdir(parents=True)
-    (bundled / "candor-verifier" / "verifier.json").write_text('{"format": "candor-verifier/1"}')
-    (bundled / "candor-verifier" / "verifier.safetensors").write_bytes(b"bundled")
+    (bundled / f"candor-{kind}").mkdir(parents=True)
+    (bundled / f"candor-{kind}" / f"{kind}.json").write_text(f'{{"format": "candor-{kind}/1"}}')
+    (bundled / f"candor-{kind}" / f"{kind}.safetensors").write_bytes(b"bundled")
     args = ["prepare", "--skip-base", "--embedder-dir", str(tmp_path / "models" / "embedder")]
     args += ["--adapter-dir", str(tmp_path / "adapters" / "refusal"), "--bundled", str(bundled)]
     proc = _run(VOLUMES, *args)
     assert proc.returncode == 0, proc.stderr
-    seeded = tmp_path / "models" / "verifier"
-    assert "verifier seeded" in proc.stdout and (seeded / "verifier.safetensors").read_bytes() == b"bundled"
-    (seeded / "verifier.safetensors").write_bytes(b"retrained")  # a newer verifier: never replaced
+    seeded = tmp_path / "models" / kind
+    assert f"{kind} seeded" in proc.stdout and (seeded / f"{kind}.safetensors").read_bytes() == b"bundled"
+    (seeded / f"{kind}.safetensors").write_bytes(b"retrained")  # a newer one: never replaced
     proc = _run(VOLUMES, *args)
-    assert "verifier kept" in proc.stdout and (seeded / "verifier.safetensors").read_bytes() == b"retrained"
+    assert f"{kind} kept" in proc.stdout and (seeded / f"{kind}.safetensors").read_bytes() == b"retrained"
 
 
 def test_prepare_without_a_bundled_adapter_says_what_to_do(tmp_path: Path) -> None:
