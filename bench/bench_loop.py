@@ -72,10 +72,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "loop_small.json")
     args = ap.parse_args()
 
-    from candor.feedback.loop_params import LoopPaths, read_params
-    from candor.feedback.loop_stages import export_base_data, export_inputs
-    from candor.feedback.retrain import settings_env
-    from candor.feedback.workspace import make_workspace
+    from candor.retrain.loop_params import LoopPaths, read_params
+    from candor.retrain.loop_stages import export_base_data, export_inputs
+    from candor.retrain.run import settings_env
+    from candor.retrain.workspace import make_workspace
     from candor.settings import load_settings
 
     shutil.rmtree(args.work, ignore_errors=True)

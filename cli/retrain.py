@@ -4,7 +4,7 @@
 `candor adapters` manages the registry of promoted adapters (list, promote,
 rollback, hot swap, health); `candor loop` holds the pipeline's stages, which
 dvc.yaml runs (a person can run them too). All thin: the work is in
-``candor.feedback`` (imported inside each command, so ``candor --help`` stays
+``candor.retrain`` (imported inside each command, so ``candor --help`` stays
 fast).
 """
 
@@ -43,13 +43,13 @@ def _logging() -> None:
 
 
 def _params(path: Path) -> dict[str, Any]:
-    from candor.feedback.loop_params import read_params
+    from candor.retrain.loop_params import read_params
 
     return read_params(path)
 
 
 def _registry():
-    from candor.feedback.adapters import AdapterRegistry
+    from candor.retrain.adapters import AdapterRegistry
 
     return AdapterRegistry.for_settings(get_settings())
 
@@ -79,7 +79,7 @@ def retrain_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON at the end."),
 ) -> None:
     """Flags → training pairs → adapter → gate → promote → hot swap, once (locked: runs never overlap)."""
-    from candor.feedback.retrain import retrain
+    from candor.retrain.run import retrain
 
     _logging()
     summary = retrain(get_settings(), workspace, swap=swap, force=force, echo=typer.echo)
@@ -151,7 +151,7 @@ def adapters_promote(
     swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap it into the model server too."),
 ) -> None:
     """Make a version current by hand (bypasses the gate: for an admin who knows why)."""
-    from candor.feedback.hot_swap import hot_swap
+    from candor.retrain.hot_swap import hot_swap
 
     reg = _registry()
     v = reg.promote(version, note="candor adapters promote")
@@ -167,7 +167,7 @@ def adapters_rollback(
     note: str | None = typer.Option(None, help="Why (kept in the registry's history)."),
 ) -> None:
     """Restore the previous current version (and serve it)."""
-    from candor.feedback.hot_swap import hot_swap
+    from candor.retrain.hot_swap import hot_swap
 
     reg = _registry()
     restored, replaced = reg.rollback(note=note)
@@ -182,7 +182,7 @@ def adapters_swap(
     version: str | None = typer.Argument(None, help="Version to serve; default: the current one."),
 ) -> None:
     """Load a version into the running model server under the stable name, verify, record."""
-    from candor.feedback.hot_swap import hot_swap
+    from candor.retrain.hot_swap import hot_swap
 
     record = hot_swap(get_settings(), _registry(), version)
     typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
@@ -195,9 +195,9 @@ def adapters_check(
     rollback: bool = typer.Option(False, "--rollback", help="Roll back (and swap) if a rollback is recommended."),
 ) -> None:
     """Live flag and refusal rates of the current vs the previous version; recommends a rollback."""
-    from candor.feedback.loop_params import loop_params
-    from candor.feedback.monitor import check_health
-    from candor.feedback.pairs import write_json
+    from candor.retrain.loop_params import loop_params
+    from candor.retrain.monitor import check_health
+    from candor.retrain.pairs import write_json
 
     report = check_health(get_settings(), loop_params(_params(params)).monitor)
     if out:
@@ -221,7 +221,7 @@ def loop_workspace(
     project: Path = typer.Option(Path("."), help="The Candor checkout holding dvc.yaml and params*.yaml."),
 ) -> None:
     """A DVC workspace with another params profile, for `candor retrain --workspace DEST`."""
-    from candor.feedback.workspace import make_workspace
+    from candor.retrain.workspace import make_workspace
 
     typer.echo(str(make_workspace(dest, project, profile)))
 
@@ -232,7 +232,7 @@ def loop_export(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HEL
 
     What `candor retrain` does first; the base data comes from params `build_data.source`, else CANDOR_DATA_SOURCE.
     """
-    from candor.feedback.loop_stages import export_base_data, export_inputs, paths_for
+    from candor.retrain.loop_stages import export_base_data, export_inputs, paths_for
 
     p = _params(params)
     _, paths = paths_for(p)
@@ -246,7 +246,7 @@ def loop_export(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HEL
 @loop_app.command("screen")
 def loop_screen(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
     """Stage export_feedback: screen the exported flags (approved, per-key caps, duplicates, conflicts)."""
-    from candor.feedback.loop_stages import screen
+    from candor.retrain.loop_stages import screen
 
     r = screen(_params(params))
     typer.echo(f"kept {r['kept']} of {r['input']} flag(s); dropped {r['dropped_by_reason'] or 'none'}")
@@ -255,7 +255,7 @@ def loop_screen(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HEL
 @loop_app.command("pairs")
 def loop_pairs(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
     """Stage build_pairs: flags → refusal / QA training pairs and the regression set."""
-    from candor.feedback.loop_stages import build_pairs
+    from candor.retrain.loop_stages import build_pairs
 
     s = build_pairs(_params(params))
     typer.echo(
@@ -267,7 +267,7 @@ def loop_pairs(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP
 @loop_app.command("prepare")
 def loop_prepare(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
     """Stage prepare: mix the pairs into fresh base data from the fine-tuning builder."""
-    from candor.feedback.loop_stages import prepare
+    from candor.retrain.loop_stages import prepare
 
     s = prepare(_params(params))
     typer.echo(
@@ -281,7 +281,7 @@ def loop_train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Stage train: continue training the baseline adapter on the mixed set."""
-    from candor.feedback.loop_stages import train
+    from candor.retrain.loop_stages import train
 
     _logging()
     s = train(_params(params), get_settings(), progress=progress)
@@ -293,7 +293,7 @@ def loop_train(
 @loop_app.command("evaluate")
 def loop_evaluate(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
     """Stage evaluate: candidate vs baseline on the frozen eval set and the regression set."""
-    from candor.feedback.loop_stages import evaluate
+    from candor.retrain.loop_stages import evaluate
 
     _logging()
     m = evaluate(_params(params), get_settings())
@@ -308,7 +308,7 @@ def loop_evaluate(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_H
 @loop_app.command("promote")
 def loop_promote(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
     """Stage promote: the gate's decision (decision.json); a pass registers and promotes the adapter."""
-    from candor.feedback.loop_stages import promote
+    from candor.retrain.loop_stages import promote
 
     d = promote(_params(params), get_settings())
     typer.echo(f"{d['verdict']}: {d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))

@@ -39,6 +39,7 @@ COPY cli/ cli/
 COPY ingest/ ingest/
 COPY service/ service/
 COPY model_server/ model_server/
+COPY retrain/ retrain/
 COPY finetune/ finetune/
 COPY feedback/ feedback/
 RUN pip install --no-cache-dir --no-deps . \

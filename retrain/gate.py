@@ -2,7 +2,7 @@
 
 Both adapters are measured in the same evaluation run, on the same frozen eval
 questions (flagged questions left out) and on the regression set of flagged
-prompts (``candor.feedback.loop_eval``). The candidate is promoted only if
+prompts (``candor.retrain.loop_eval``). The candidate is promoted only if
 every check passes; a rejected adapter never reaches users:
 
 - hallucination rate does not rise by more than ``max_hallucination_rise``;
@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from candor.errors import InvalidInputError
-from candor.feedback.loop_params import GateParams
+from candor.retrain.loop_params import GateParams
 
 FROZEN_KEYS = ("hallucination_rate", "over_refusal", "f1", "refused_rate", "n_answerable")
 

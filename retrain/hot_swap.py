@@ -26,10 +26,10 @@ import logging
 from typing import Any
 
 from candor.errors import CandorError, ConflictError, InvalidInputError, UnavailableError
-from candor.feedback.adapters import AdapterRegistry, AdapterVersion
+from candor.retrain.adapters import AdapterRegistry, AdapterVersion
 from candor.settings import Settings
 
-log = logging.getLogger("candor.feedback.hot_swap")
+log = logging.getLogger("candor.retrain.hot_swap")
 
 PROBE_PROMPT = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
 

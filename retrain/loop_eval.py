@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import NotFoundError
-from candor.feedback.loop_params import LoopParams, squad_source
 from candor.prompts import ContextChunk, fit_messages, is_refusal, normalize_text
+from candor.retrain.loop_params import LoopParams, squad_source
 
 CANDIDATE = "candidate"
 CURRENT = "current"

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import ConflictError, NotFoundError
-from candor.feedback.loop_params import LoopParams, LoopPaths, loop_params
-from candor.feedback.pairs import read_jsonl, write_json, write_jsonl
+from candor.retrain.loop_params import LoopParams, LoopPaths, loop_params
+from candor.retrain.pairs import read_jsonl, write_json, write_jsonl
 from candor.settings import Settings
 
-log = logging.getLogger("candor.feedback.loop")
+log = logging.getLogger("candor.retrain.loop")
 
 
 def _read_json(path: Path) -> Any:
@@ -51,8 +51,8 @@ def export_inputs(settings: Settings, paths: LoopPaths) -> dict[str, Any]:
     Both files change only when their content does (the export is byte-stable),
     so ``dvc repro`` reruns the pipeline only for new flags or a new baseline.
     """
-    from candor.feedback.adapters import AdapterRegistry, ensure_current
     from candor.feedback.store import AnswerStore
+    from candor.retrain.adapters import AdapterRegistry, ensure_current
 
     registry = AdapterRegistry.for_settings(settings)
     current = ensure_current(settings, registry)
@@ -90,7 +90,7 @@ def export_base_data(
     relative to the ``workspace`` (DVC's working directory).
     """
     from candor.data_source import split_files
-    from candor.feedback.loop_params import squad_source
+    from candor.retrain.loop_params import squad_source
 
     bd = dict(params.get("build_data") or {})
     if bd.get("source"):
@@ -125,7 +125,7 @@ def with_base_data(params: dict[str, Any], paths: LoopPaths) -> dict[str, Any]:
 
 
 def screen(params: dict[str, Any]) -> dict[str, Any]:
-    from candor.feedback.poisoning import read_flags, screen_flags
+    from candor.retrain.poisoning import read_flags, screen_flags
 
     lp, paths = paths_for(params)
     if not paths.export.exists():
@@ -138,7 +138,7 @@ def screen(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pairs(params: dict[str, Any]) -> dict[str, Any]:
-    from candor.feedback.pairs import build_pairs as build
+    from candor.retrain.pairs import build_pairs as build
 
     lp, paths = paths_for(params)
     result = build(read_jsonl(paths.flags), lp.pairs.support_min_recall)
@@ -149,7 +149,7 @@ def build_pairs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(params: dict[str, Any]) -> dict[str, Any]:
-    from candor.feedback.mix import prepare as mix
+    from candor.retrain.mix import prepare as mix
 
     lp, paths = paths_for(params)
     rows, stats = mix(with_base_data(params, paths), read_jsonl(paths.pairs), lp.mix)
@@ -169,7 +169,7 @@ def train_config(params: dict[str, Any]) -> Any:
 
 
 def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> dict[str, Any]:
-    from candor.feedback.loop_train import train_from
+    from candor.retrain.loop_train import train_from
 
     lp, paths = paths_for(params)
     baseline = _read_json(paths.baseline)
@@ -181,7 +181,7 @@ def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> 
 
 
 def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    from candor.feedback.loop_eval import evaluate as run
+    from candor.retrain.loop_eval import evaluate as run
 
     lp, paths = paths_for(params)
     metrics = run(
@@ -200,8 +200,8 @@ def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The gate's decision; a passing candidate is registered (with lineage) and made current."""
-    from candor.feedback.adapters import AdapterRegistry, adapter_version
-    from candor.feedback.gate import decide
+    from candor.retrain.adapters import AdapterRegistry, adapter_version
+    from candor.retrain.gate import decide
 
     lp, paths = paths_for(params)
     metrics = _read_json(paths.metrics)

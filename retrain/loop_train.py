@@ -32,7 +32,7 @@ from typing import Any
 
 from candor.errors import InvalidInputError, NotFoundError
 
-log = logging.getLogger("candor.feedback.loop_train")
+log = logging.getLogger("candor.retrain.loop_train")
 
 
 FEEDBACK_CATEGORIES = ("feedback_refusal", "feedback_qa")

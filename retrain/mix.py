@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from candor.errors import InvalidInputError
-from candor.feedback.loop_params import MixParams, squad_source
 from candor.prompts import normalize_text
+from candor.retrain.loop_params import MixParams, squad_source
 
 
 def plan_sizes(n_pairs: int, mix: MixParams) -> tuple[int, int]:

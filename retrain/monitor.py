@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from candor.feedback.loop_params import MonitorParams
+from candor.retrain.loop_params import MonitorParams
 
 
 def _rates(stats: Sequence[dict[str, Any]], version: str | None) -> dict[str, Any] | None:
@@ -75,8 +75,8 @@ def adapter_health(
 
 def check_health(settings: Any, params: MonitorParams) -> dict[str, Any]:
     """Live rates from the answer log for the registry's current and previous versions."""
-    from candor.feedback.adapters import AdapterRegistry
     from candor.feedback.store import AnswerStore
+    from candor.retrain.adapters import AdapterRegistry
 
     registry = AdapterRegistry.for_settings(settings)
     cur, prev = registry.current(), registry.previous()

@@ -16,7 +16,7 @@ is what the model should have said:
 | wrong_refusal | none, or unsupported | none: the refusal stands, or we do not know the answer |
 | correct | | none (it goes to the regression set only) |
 
-"Supported" is ``candor.feedback.support.correction_support`` (normalised
+"Supported" is ``candor.retrain.support.correction_support`` (normalised
 substring, else content-word recall with every number present). A correction
 that is itself a refusal sentence counts as no correction.
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from candor.feedback.support import Support, correction_support
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, build_messages, is_refusal
+from candor.retrain.support import Support, correction_support
 
 REFUSAL_PAIR = "feedback_refusal"
 QA_PAIR = "feedback_qa"

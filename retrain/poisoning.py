@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import InvalidInputError
-from candor.feedback.loop_params import PoisoningParams
-from candor.feedback.pairs import flag_target
 from candor.jsonl import json_objects
 from candor.prompts import normalize_text
+from candor.retrain.loop_params import PoisoningParams
+from candor.retrain.pairs import flag_target
 
 NO_KEY = "(no key)"
 REQUIRED_FIELDS = ("flag_id", "verdict", "question", "contexts", "review_status")

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import CandorError, ConflictError
-from candor.feedback.loop_params import LoopPaths, loop_params, read_params
+from candor.retrain.loop_params import LoopPaths, loop_params, read_params
 from candor.settings import Settings
 
-log = logging.getLogger("candor.feedback.retrain")
+log = logging.getLogger("candor.retrain.run")
 
 
 class PipelineFailed(CandorError):
@@ -112,11 +112,11 @@ def retrain(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the loop once; returns a summary (status, decision, serving record)."""
-    from candor.feedback.adapters import AdapterRegistry
-    from candor.feedback.hot_swap import hot_swap
-    from candor.feedback.loop_stages import export_base_data, export_inputs
-    from candor.feedback.monitor import check_health
-    from candor.feedback.pairs import write_json
+    from candor.retrain.adapters import AdapterRegistry
+    from candor.retrain.hot_swap import hot_swap
+    from candor.retrain.loop_stages import export_base_data, export_inputs
+    from candor.retrain.monitor import check_health
+    from candor.retrain.pairs import write_json
 
     workspace = Path(workspace).resolve()
     params = read_params(workspace / "params.yaml")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import NotFoundError
-from candor.feedback.loop_params import deep_merge, read_params
+from candor.retrain.loop_params import deep_merge, read_params
 
 DVC_CONFIG = """[core]
     no_scm = True

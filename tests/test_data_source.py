@@ -19,11 +19,11 @@ from fixtures.loop import flag_row
 import candor.data_source as data_source
 from candor.cli.main import main
 from candor.data_source import data_split, resolve_data_source, split_files
-from candor.feedback.loop_params import LoopPaths, read_params
-from candor.feedback.loop_stages import export_base_data
-from candor.feedback.pairs import write_jsonl
-from candor.feedback.retrain import run_dvc
 from candor.finetune.squad import load_squad
+from candor.retrain.loop_params import LoopPaths, read_params
+from candor.retrain.loop_stages import export_base_data
+from candor.retrain.pairs import write_jsonl
+from candor.retrain.run import run_dvc
 from candor.settings import SettingsError, get_settings
 
 PREFIX = "Elsewhere "  # every article of the temporary data is renamed with it
@@ -119,7 +119,7 @@ def test_a_folder_of_official_files_serves_each_split(elsewhere) -> None:
 
 
 def test_commands_without_data_fail_with_the_setting_named_not_a_traceback(nothing, tmp_path, capsys) -> None:
-    from candor.feedback.workspace import make_workspace
+    from candor.retrain.workspace import make_workspace
 
     out = tmp_path / "out"
     assert main(["finetune", "build-data", "--params", str(REPO_ROOT / "params.yaml"), "--out-dir", str(out)]) == 2
@@ -135,7 +135,7 @@ def test_commands_without_data_fail_with_the_setting_named_not_a_traceback(nothi
 
 def test_the_loop_prepare_stage_reads_data_outside_the_repository_layout(elsewhere, settings, tmp_path) -> None:
     """DVC runs screen, pairs and prepare (real `candor loop` commands) on the data CANDOR_DATA_SOURCE names."""
-    from candor.feedback.workspace import make_workspace
+    from candor.retrain.workspace import make_workspace
 
     s = get_settings()
     ws = make_workspace(tmp_path / "ws", REPO_ROOT, "small")

@@ -9,7 +9,7 @@ import pytest
 from fixtures.loop import write_adapter
 
 from candor.errors import ConflictError, InvalidInputError, NotFoundError
-from candor.feedback.adapters import AdapterRegistry, adapter_version, ensure_current, read_serving
+from candor.retrain.adapters import AdapterRegistry, adapter_version, ensure_current, read_serving
 
 
 @pytest.fixture

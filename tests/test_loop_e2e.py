@@ -51,9 +51,9 @@ def _ask(harness, question: str) -> dict:
 def test_a_flagged_hallucination_is_refused_by_the_next_adapter(
     tmp_path, handbook_chroma, base_model_dir, shared_models, model_server_factory, capsys
 ) -> None:
-    from candor.feedback.adapters import AdapterRegistry, adapter_version
-    from candor.feedback.retrain import retrain
-    from candor.feedback.workspace import make_workspace
+    from candor.retrain.adapters import AdapterRegistry, adapter_version
+    from candor.retrain.run import retrain
+    from candor.retrain.workspace import make_workspace
 
     assert (SHIPPED_ADAPTER / "adapter_model.safetensors").exists(), (
         f"the shipped default adapter is missing at {SHIPPED_ADAPTER} (issue 5 ships it)"

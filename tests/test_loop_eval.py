@@ -7,7 +7,7 @@ import json
 import pytest
 
 from candor.errors import InvalidInputError
-from candor.feedback.loop_eval import regression_passes
+from candor.retrain.loop_eval import regression_passes
 
 
 @pytest.mark.parametrize(
@@ -29,8 +29,8 @@ def test_regression_passes(expect, reference, text, refused, passes) -> None:
 
 
 def test_a_feedback_pair_the_trainer_would_drop_is_an_error(tmp_path) -> None:
-    from candor.feedback.loop_train import _check_feedback_kept
     from candor.finetune.collate import Encoded
+    from candor.retrain.loop_train import _check_feedback_kept
 
     rows = [{"category": "feedback_refusal"}, {"category": "answerable"}, {"category": "feedback_qa"}]
     path = tmp_path / "train.jsonl"
@@ -42,8 +42,8 @@ def test_a_feedback_pair_the_trainer_would_drop_is_an_error(tmp_path) -> None:
 
 
 def test_the_kl_anchor_covers_base_rows_and_frees_feedback_rows() -> None:
-    from candor.feedback.loop_train import anchor_base_rows
     from candor.finetune.collate import Encoded
+    from candor.retrain.loop_train import anchor_base_rows
 
     rows = [
         Encoded([1], [1], False, "unanswerable"),  # a base refusal: held near today's adapter

@@ -9,9 +9,9 @@ import pytest
 from fixtures.loop import flag_row, frozen, metrics, write_adapter
 
 from candor.errors import InvalidInputError
-from candor.feedback.adapters import AdapterRegistry
-from candor.feedback.gate import decide
-from candor.feedback.loop_params import GateParams
+from candor.retrain.adapters import AdapterRegistry
+from candor.retrain.gate import decide
+from candor.retrain.loop_params import GateParams
 
 GATE = GateParams(max_hallucination_rise=0.02, max_over_refusal_rise=0.03, max_f1_drop=0.03, max_refused_rate=0.9)
 NOW = frozen(h=0.30, o=0.10, f1=0.55)
@@ -93,7 +93,7 @@ def _params(work: Path) -> dict:
 
 
 def test_promote_stage_rejects_without_touching_the_registry(settings, tmp_path) -> None:
-    from candor.feedback.loop_stages import promote
+    from candor.retrain.loop_stages import promote
 
     work = _stage_files(tmp_path / "loop", metrics(NOW, frozen(0.4, 0.1, 0.55), 0, 3), {"version": None})
     d = promote(_params(work), settings)
@@ -103,7 +103,7 @@ def test_promote_stage_rejects_without_touching_the_registry(settings, tmp_path)
 
 
 def test_promote_stage_registers_and_promotes_with_lineage(settings, tmp_path) -> None:
-    from candor.feedback.loop_stages import promote
+    from candor.retrain.loop_stages import promote
 
     reg = AdapterRegistry.for_settings(settings)
     old = reg.promote(reg.register(write_adapter(tmp_path / "old", b"old")).version)
@@ -125,7 +125,7 @@ def test_promote_stage_registers_and_promotes_with_lineage(settings, tmp_path) -
 
 
 def test_promote_stage_refuses_a_stale_baseline(settings, tmp_path) -> None:
-    from candor.feedback.loop_stages import promote
+    from candor.retrain.loop_stages import promote
 
     reg = AdapterRegistry.for_settings(settings)
     a = reg.register(write_adapter(tmp_path / "a", b"a"))

@@ -6,10 +6,10 @@ import pytest
 from fixtures.loop import flag_row
 
 from candor.errors import InvalidInputError
-from candor.feedback.loop_params import MixParams
-from candor.feedback.mix import plan_sizes, prepare
-from candor.feedback.pairs import build_pairs
 from candor.prompts import normalize_text
+from candor.retrain.loop_params import MixParams
+from candor.retrain.mix import plan_sizes, prepare
+from candor.retrain.pairs import build_pairs
 
 
 def test_plan_sizes_keeps_the_fraction_within_bounds() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from candor.feedback.loop_params import MonitorParams
-from candor.feedback.monitor import adapter_health
+from candor.retrain.loop_params import MonitorParams
+from candor.retrain.monitor import adapter_health
 
 P = MonitorParams(min_answers=50, max_flag_rate_rise=0.05, max_refusal_rate_rise=0.2)
 

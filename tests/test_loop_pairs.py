@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fixtures.loop import CONTEXT, flag_row
 
-from candor.feedback.pairs import QA_PAIR, REFUSAL_PAIR, build_pairs, flag_target
-from candor.feedback.support import correction_support
 from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
+from candor.retrain.pairs import QA_PAIR, REFUSAL_PAIR, build_pairs, flag_target
+from candor.retrain.support import correction_support
 
 
 # --- "supported by the context" -----------------------------------------------------------

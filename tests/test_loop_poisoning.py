@@ -8,8 +8,8 @@ import pytest
 from fixtures.loop import flag_row
 
 from candor.errors import InvalidInputError
-from candor.feedback.loop_params import PoisoningParams
-from candor.feedback.poisoning import NO_KEY, read_flags, screen_flags
+from candor.retrain.loop_params import PoisoningParams
+from candor.retrain.poisoning import NO_KEY, read_flags, screen_flags
 
 
 def _ids(rows) -> list[str]:

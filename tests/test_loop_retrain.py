@@ -13,10 +13,10 @@ from fixtures.loop import write_adapter
 from fixtures.store import answer_record
 
 from candor.errors import ConflictError, InvalidInputError, UnavailableError
-from candor.feedback.adapters import AdapterRegistry
-from candor.feedback.loop_params import LoopPaths, read_params
-from candor.feedback.retrain import retrain, run_dvc, run_lock, settings_env
-from candor.feedback.workspace import make_workspace
+from candor.retrain.adapters import AdapterRegistry
+from candor.retrain.loop_params import LoopPaths, read_params
+from candor.retrain.run import retrain, run_dvc, run_lock, settings_env
+from candor.retrain.workspace import make_workspace
 
 
 def test_two_runs_never_overlap(tmp_path) -> None:
@@ -69,7 +69,7 @@ def _store_with_flags(settings):
 
 
 def test_dvc_runs_screening_and_pairs_from_the_export(settings, tmp_path) -> None:
-    from candor.feedback.loop_stages import export_inputs
+    from candor.retrain.loop_stages import export_inputs
 
     f1, f2 = _store_with_flags(settings)
     ws = make_workspace(tmp_path / "ws", REPO_ROOT, "small")
@@ -128,7 +128,7 @@ def tgi_like_url():
 
 
 def test_swap_explains_a_server_without_runtime_adapters(settings, tmp_path, tgi_like_url) -> None:
-    from candor.feedback.hot_swap import hot_swap
+    from candor.retrain.hot_swap import hot_swap
 
     reg = AdapterRegistry.for_settings(settings)
     reg.promote(reg.register(write_adapter(tmp_path / "a", b"a")).version)
@@ -139,7 +139,7 @@ def test_swap_explains_a_server_without_runtime_adapters(settings, tmp_path, tgi
 
 
 def test_swap_fails_cleanly_when_the_server_is_down_or_nothing_is_current(settings, tmp_path) -> None:
-    from candor.feedback.hot_swap import hot_swap
+    from candor.retrain.hot_swap import hot_swap
 
     reg = AdapterRegistry.for_settings(settings)
     with pytest.raises(InvalidInputError, match="no adapter is current"):

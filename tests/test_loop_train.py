@@ -45,8 +45,8 @@ def _batch(base_rows: list[bool]):
 
 
 def test_full_base_weight_is_the_fine_tuning_loss(tiny_peft) -> None:
-    from candor.feedback.loop_train import loop_loss
     from candor.finetune.train import compute_loss
+    from candor.retrain.loop_train import loop_loss
 
     cfg = TrainConfig(distill_lambda=1.0, kl_tokens="answerable", first_token_weight=2.0)
     batch = _batch([True, False])
@@ -56,7 +56,7 @@ def test_full_base_weight_is_the_fine_tuning_loss(tiny_peft) -> None:
 
 
 def test_zero_base_weight_leaves_base_rows_only_the_kl(tiny_peft) -> None:
-    from candor.feedback.loop_train import loop_loss
+    from candor.retrain.loop_train import loop_loss
 
     cfg = TrainConfig(distill_lambda=1.0, kl_tokens="answerable")
     only_base, parts = loop_loss(tiny_peft, _batch([True, True]), cfg, tiny_peft.disable_adapter, 0.0)

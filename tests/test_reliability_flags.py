@@ -3,7 +3,7 @@
 and the flag rows in the database equal the acknowledged submissions.
 
 Then a flag flood: 500 flags from one key enter training capped by the pipeline's per-key
-limit (``candor.feedback.poisoning.screen_flags``).
+limit (``candor.retrain.poisoning.screen_flags``).
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def test_200_concurrent_flags_across_4_workers_on_postgres(tmp_path, base_model_
 
 def test_a_flag_flood_from_one_key_enters_training_capped(settings):
     """500 flags from one key on answers seeded through the store: the screen keeps at most the cap."""
-    from candor.feedback.loop_params import PoisoningParams
-    from candor.feedback.poisoning import screen_flags
     from candor.feedback.store import AnswerStore
+    from candor.retrain.loop_params import PoisoningParams
+    from candor.retrain.poisoning import screen_flags
 
     store = AnswerStore(settings)
     store.migrate()
