@@ -20,6 +20,8 @@ from pathlib import Path
 from bench_verifier import question_sets
 from common import RESULTS, finish_report, percentile, report_header
 
+from candor.decision import READER, decide
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,7 +56,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 p = reader.answerable_probability(q, ps)
                 times.append(1000 * (time.perf_counter() - t0))
-                refused.append(1.0 - p >= threshold)
+                refused.append(decide(1.0 - p, threshold, layer=READER) is not None)
             decisions[variant] = refused
             key = f"{variant}/threads{threads}"
             report["by_variant"][key] = {

@@ -5,8 +5,9 @@ model answers what it should refuse (hallucination) and refuses what it could
 answer (over-refusal), F1_RG as Trust-Score defines it (the mean of the
 refusal-decision F1 and the answer-decision F1), the AUROC of the refusal
 confidence, and the hallucination/over-refusal curve as a threshold on that
-confidence moves. Decisions at a threshold t: refused = the text is a refusal
-OR confidence >= t (the service cannot un-refuse a refusal it was given).
+confidence moves. Decisions at a threshold t are the service's own rule,
+``candor.decision.decide``: the text is a refusal, or the confidence reaches t
+(the service cannot un-refuse a refusal it was given).
 Pure Python + numpy; numbers are fractions in [0, 1] (F1/EM too).
 """
 
@@ -17,6 +18,8 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from candor.decision import decide
 
 
 # --- SQuAD answer scoring (the official normalisation) -------------------------
@@ -58,7 +61,7 @@ class Scored:
     category: str = ""
 
     def refused(self, threshold: float | None = None) -> bool:
-        return self.text_refused or (threshold is not None and self.confidence >= threshold)
+        return decide(self.confidence, threshold, model_refused=self.text_refused) is not None
 
 
 def _safe(num: float, den: float) -> float:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from candor.data_source import resolve_data_source, split_path
+from candor.decision import MEASURE_ONLY
 from candor.errors import UnavailableError
 from candor.finetune.evaluate import BASE, parse_models, sample_questions
 from candor.finetune.metrics import Scored, decision_metrics, exact_match, summarize, token_f1
@@ -152,16 +153,8 @@ def run_rag_eval(
     corpus = load_squad(split_path(src, split), split)
     others = [load_squad(split_path(src, s), s) for s in rag.get("also_ingest", ["train"]) if s != split]
     questions = sample_questions(corpus.questions, limit, int(ev.get("seed", 13)))
-    # the eval's own answer log and no service-side threshold: the threshold is applied in the metrics
-    s = settings.model_copy(
-        update={
-            "database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}",
-            "refusal_threshold": None,
-            # the reader or verifier scores every question; its threshold is applied in the metrics
-            "verifier_threshold": 1.0,
-            "reader_threshold": 1.0,
-        }
-    )
+    # the eval's own answer log
+    s = settings.model_copy(update={"database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}"})
     from candor.finetune.run_eval import load_eval_verifier, refusal_signal
 
     verifier = load_eval_verifier(settings, ev, verifier_path, reader_path)
@@ -187,8 +180,16 @@ def run_rag_eval(
         store.migrate()
         for name in models:
             ms = s.model_copy(update={"llm_url": server_url, "llm_adapter": None if name == BASE else name})
+            # no threshold refuses in the engine (the reader or verifier scores every question, the first
+            # token's confidence is reported): the thresholds are applied in the metrics, by the same rule
             engine = AnswerEngine(
-                ms, retriever, LLMClient(ms), PromptRenderer(ms.resolved_tokenizer_path), store, verifier
+                ms,
+                retriever,
+                LLMClient(ms),
+                PromptRenderer(ms.resolved_tokenizer_path),
+                store,
+                verifier,
+                layers=MEASURE_ONLY,
             )
             with tqdm(total=len(questions), desc=f"{name} rag", disable=not progress) as bar:
                 answers = anyio.run(

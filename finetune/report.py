@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from candor.jsonl import json_safe
+
 ROWS = [
     ("em", "EM (answerable)"),
     ("f1", "F1 (answerable)"),
@@ -129,18 +131,6 @@ def markdown(results: dict, title: str = "Candor evaluation") -> str:
             )
             lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def json_safe(value):
-    """``value`` with every NaN float replaced by None: strict JSON has no NaN (an undefined metric,
-    e.g. the AUROC of a set with only one kind of question, becomes null)."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def write_report(results: dict, out_json: Path, out_md: Path | None = None, title: str = "Candor evaluation") -> None:

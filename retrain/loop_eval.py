@@ -11,8 +11,9 @@ fitting and refusal confidence the service uses):
 - the regression set: every screened flag's prompt, rebuilt with its history
   and logged context, with the behaviour now expected (``pairs.py``).
 
-Decisions are taken as the service takes them: a refusal is the refusal text,
-or a refusal confidence at or above ``settings.refusal_threshold`` when set.
+Decisions are taken as the service takes them, by its one rule
+(``candor.decision.decide``): a refusal is the refusal text, or a refusal
+confidence at or above ``settings.refusal_threshold`` when set.
 Writes ``metrics.json`` (for ``dvc metrics`` and the gate), the trade-off
 curves (``dvc plots``), predictions, and a before/after table of the
 regression set.
@@ -21,13 +22,20 @@ regression set.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from candor.decision import THRESHOLD, decide, resolve_threshold
 from candor.errors import NotFoundError
+from candor.finetune.dataset import split_articles
+from candor.finetune.evaluate import BASE, LocalGenerator, oracle_items, predict, score, write_predictions
+from candor.finetune.metrics import summarize, token_f1
+from candor.finetune.params import build_config
+from candor.finetune.squad import load_squad
+from candor.jsonl import json_safe
 from candor.prompts import ContextChunk, fit_messages, is_refusal, normalize_text
+from candor.refusal_score import refusal_confidence
 from candor.retrain.loop_params import LoopParams, squad_source
 
 CANDIDATE = "candidate"
@@ -49,24 +57,8 @@ FROZEN_METRICS = (
 )
 
 
-def _clean(x: Any) -> Any:
-    """JSON without NaN (DVC and strict parsers reject it)."""
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
-
-
 def frozen_items(params: dict[str, Any], lp: LoopParams, exclude: set[str]) -> tuple[list[Any], int]:
     """(eval items, how many validation questions were left out as flagged)."""
-    from candor.finetune.dataset import split_articles
-    from candor.finetune.evaluate import oracle_items
-    from candor.finetune.params import build_config
-    from candor.finetune.squad import load_squad
-
     source, split = squad_source(params)
     corpus = load_squad(source, split)
     cfg = build_config(params)
@@ -94,8 +86,6 @@ def regression_passes(
     ref = item.get("reference")
     if not ref:
         return True
-    from candor.finetune.metrics import token_f1
-
     a, b = normalize_text(text), normalize_text(ref)
     return bool(a and b and (f" {b} " in f" {a} " or f" {a} " in f" {b} ")) or token_f1(text, [ref]) >= min_f1
 
@@ -104,8 +94,6 @@ def predict_regression(
     gen: Any, items: Sequence[dict[str, Any]], model: str, max_input_tokens: int, max_new_tokens: int, batch: int
 ) -> list[tuple[str, float]]:
     """(text, refusal confidence) per regression item, with its logged history in the prompt."""
-    from candor.refusal_score import refusal_confidence
-
     prompts = []
     for it in items:
         chunks = [ContextChunk(c["text"], c.get("title")) for c in it["contexts"]]
@@ -126,12 +114,9 @@ def evaluate(
     plots_dir: Path,
 ) -> dict[str, Any]:
     """Measure both adapters; returns the metrics dict (also written by the caller)."""
-    from candor.finetune.evaluate import BASE, LocalGenerator, predict, score, write_predictions
-    from candor.finetune.metrics import summarize
-
     if not (Path(candidate) / "adapter_config.json").exists():
         raise NotFoundError(f"no candidate adapter at {candidate} (run the train stage)")
-    threshold = settings.refusal_threshold
+    threshold = resolve_threshold(settings, THRESHOLD)
     max_in = lp.eval.max_input_tokens or settings.max_input_tokens
     exclude = {normalize_text(it["question"]) for it in regression}
     items, excluded = frozen_items(params, lp, exclude)
@@ -164,7 +149,7 @@ def evaluate(
         outs = predict_regression(gen, regression, model, max_in, lp.eval.max_new_tokens, lp.eval.batch_size)
         passed = 0
         for row, it, (text, conf) in zip(table, regression, outs, strict=True):
-            refused = is_refusal(text) or (threshold is not None and conf >= threshold)
+            refused = decide(conf, threshold, model_refused=is_refusal(text)) is not None
             ok = regression_passes(it, text, refused, lp.pairs.regression_min_f1, conf, lp.eval.refuse_min_confidence)
             passed += ok
             row[role] = {"answer": text, "refused": refused, "refusal_confidence": round(conf, 4), "passed": ok}
@@ -173,7 +158,7 @@ def evaluate(
             "pass_rate": passed / len(regression) if regression else 0.0,
             "refused": sum(r[role]["refused"] for r in table),
         }
-    metrics = _clean(
+    metrics = json_safe(
         {
             "baseline": {"version": baseline.get("version"), "path": current_path, "name": baseline.get("name")},
             "candidate": {"path": str(candidate)},
@@ -184,6 +169,6 @@ def evaluate(
     plots = Path(plots_dir)
     plots.mkdir(parents=True, exist_ok=True)
     for role, pts in curves.items():
-        (plots / f"tradeoff_{role}.json").write_text(json.dumps(_clean(pts), indent=1) + "\n")
-    (out_dir / "regression_report.json").write_text(json.dumps(_clean(table), indent=2, ensure_ascii=False) + "\n")
+        (plots / f"tradeoff_{role}.json").write_text(json.dumps(json_safe(pts), indent=1) + "\n")
+    (out_dir / "regression_report.json").write_text(json.dumps(json_safe(table), indent=2, ensure_ascii=False) + "\n")
     return metrics

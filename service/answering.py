@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from candor.decision import ALL_LAYERS, GROUNDING, THRESHOLD, decide, resolve_threshold
 from candor.errors import CandorError, InvalidInputError
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, PromptTooLong, fit_messages
 from candor.reader import Evidence, PassageReader
@@ -148,6 +149,11 @@ def _chunk_log(chunk: Any, sent_text: str | None, ev: Evidence | None = None) ->
 
 
 class AnswerEngine:
+    """``layers``: the refusal layers that may refuse (``candor.decision``); the default is all of them.
+    An evaluation that applies its own thresholds passes ``candor.decision.MEASURE_ONLY``: every refusal
+    confidence is still measured and reported, and no threshold refuses. The retrieval gate and the
+    model's own refusal always apply."""
+
     def __init__(
         self,
         settings: Settings,
@@ -156,9 +162,12 @@ class AnswerEngine:
         renderer: Any,
         store: Any,
         answerability: PassageReader | None = None,
+        *,
+        layers: frozenset[str] = ALL_LAYERS,
     ) -> None:
         self.settings = settings
         self.answerability = answerability
+        self.layers = frozenset(layers)
         self.retriever = retriever
         self.llm = llm
         self.renderer = renderer
@@ -228,12 +237,14 @@ class AnswerEngine:
         """The answerability layer's threshold on 1 - P(answerable): the setting, else the model's own."""
         if self.answerability is None:
             return None
-        configured = (
-            self.settings.reader_threshold
-            if self.answerability.layer == policy.READER
-            else self.settings.verifier_threshold
-        )
-        return configured if configured is not None else self.answerability.threshold
+        return resolve_threshold(self.settings, self.answerability.layer, self.answerability.threshold)
+
+    def token_threshold(self) -> float | None:
+        """The first-token threshold, applied after generation: only without an answerability layer (whose
+        threshold applies before generation) and while the ``threshold`` layer is on."""
+        if self.answerability is not None or THRESHOLD not in self.layers:
+            return None
+        return resolve_threshold(self.settings, THRESHOLD)
 
     def _verifier_confidence(self, prep: _Prepared) -> float | None:
         """The refusal confidence before generation: 1 - P(answerable), raised by a weak best retrieval
@@ -243,9 +254,10 @@ class AnswerEngine:
         return refusal_confidence(None, [c.score for c in prep.used], prep.answerable)
 
     def _verifier_refuses(self, prep: _Prepared) -> bool:
-        threshold = self.verifier_threshold()
-        confidence = self._verifier_confidence(prep)
-        return confidence is not None and threshold is not None and confidence >= threshold
+        if self.answerability is None or self.answerability.layer not in self.layers:
+            return False
+        layer = self.answerability.layer
+        return decide(self._verifier_confidence(prep), self.verifier_threshold(), layer=layer) is not None
 
     def _timings(self, prep: _Prepared, generation_ms: float) -> dict[str, float]:
         total = (time.perf_counter() - prep.started) * 1000
@@ -340,9 +352,9 @@ class AnswerEngine:
             prep.contexts,
             refusal_confidence=confidence,
             # with a verifier its threshold applied before generation; refusal_threshold is the first token's
-            refusal_threshold=self.settings.refusal_threshold if self.answerability is None else None,
+            refusal_threshold=self.token_threshold(),
             min_support=self.settings.grounding_min_support,
-            enforce_grounding=self.settings.grounding_enforce,
+            enforce_grounding=self.settings.grounding_enforce and GROUNDING in self.layers,
             evidence=best.text if best is not None else None,
         )
         answer = REFUSAL_SENTENCE if outcome.refused else text.strip()
@@ -394,8 +406,8 @@ class AnswerEngine:
             yield {"event": "token", "text": result.answer}
             yield {"event": "done", "result": result}
             return
-        token_threshold = self.settings.refusal_threshold is not None and self.answerability is None
-        hold = self.settings.grounding_enforce or token_threshold
+        enforce_grounding = self.settings.grounding_enforce and GROUNDING in self.layers
+        hold = enforce_grounding or self.token_threshold() is not None
         t0 = time.perf_counter()
         pieces: list[str] = []
         final = None

@@ -17,11 +17,18 @@ import anyio
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from candor import __version__
+from candor import __version__, answerability, reader
+from candor.answerability import AnswerabilityVerifier
+from candor.decision import READER, VERIFIER, resolve_threshold, threshold_env
 from candor.errors import InvalidInputError, NotFoundError
-from candor.reader import PassageReader
+from candor.feedback.store import AnswerStore
+from candor.ingest.retriever import Retriever
+from candor.reader import AnswerabilityReader, PassageReader
+from candor.service.answering import AnswerEngine
+from candor.service.chat_template import PromptRenderer
 from candor.service.deps import Services
 from candor.service.errors import RequestId, install_error_handlers
+from candor.service.llm_client import LLMClient
 from candor.service.metrics import ApiMetrics
 from candor.service.rate_limit import RateLimiter
 from candor.settings import Settings, apply_thread_settings, get_settings
@@ -87,18 +94,12 @@ def load_answerability(settings: Settings) -> PassageReader | None:
     None (then only the model refuses)."""
     check_answerability(settings)
     if settings.reader_path is not None:
-        from candor.reader import AnswerabilityReader
-
         model: PassageReader = AnswerabilityReader(settings.reader_path, settings.resolved_embed_model_path)
-        configured = settings.reader_threshold
     elif settings.verifier_path is not None:
-        from candor.answerability import AnswerabilityVerifier
-
         model = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
-        configured = settings.verifier_threshold
     else:
         return None
-    threshold = configured if configured is not None else model.threshold
+    threshold = resolve_threshold(settings, model.layer, model.threshold)
     log.info("answerability %s %s (threshold %s)", model.layer, model.version, threshold)
     return model
 
@@ -107,30 +108,22 @@ def check_answerability(settings: Settings) -> None:
     """Fail before serving, with a message, when the configured reader or verifier cannot work: its
     folder or files are missing or malformed, or it has no threshold (it would cost every request its
     scoring time and never refuse, while the first-token threshold is off whenever one is set)."""
-    from candor import answerability, reader
-
     if settings.reader_path is not None:
-        folder, threshold, env = settings.reader_path, settings.reader_threshold, "CANDOR_READER_THRESHOLD"
+        layer, folder = READER, settings.reader_path
         stored, weights = reader.ReaderMeta.read(folder).threshold, reader.WEIGHTS_FILE
     elif settings.verifier_path is not None:
-        folder, threshold, env = settings.verifier_path, settings.verifier_threshold, "CANDOR_VERIFIER_THRESHOLD"
+        layer, folder = VERIFIER, settings.verifier_path
         stored, weights = answerability.VerifierMeta.read(folder).threshold, answerability.WEIGHTS_FILE
     else:
         return
     if not (folder / weights).exists():
         raise NotFoundError(f"no {weights} in {folder}")
-    if threshold is None and stored is None:
-        raise InvalidInputError(f"the model at {folder} stores no threshold: set {env}")
+    if resolve_threshold(settings, layer, stored) is None:
+        raise InvalidInputError(f"the model at {folder} stores no threshold: set {threshold_env(layer)}")
 
 
 def build_services(settings: Settings) -> Services:
     """Everything the routes need. Heavy models load lazily, on first use or in warm-up."""
-    from candor.feedback.store import AnswerStore
-    from candor.ingest.retriever import Retriever
-    from candor.service.answering import AnswerEngine
-    from candor.service.chat_template import PromptRenderer
-    from candor.service.llm_client import LLMClient
-
     store = AnswerStore(settings)
     store.migrate()
     retriever = Retriever(settings)

@@ -11,7 +11,8 @@
    the reader, whether it shares anything with the evidence span); an
    unsupported answer is marked ``grounded: false`` and, when enforced, turned
    into the refusal sentence.
-Pure functions; the answer core calls them.
+Pure functions; the answer core calls them. Every threshold is applied by ``candor.decision.decide``,
+the one rule serving, ``candor eval`` and the retraining gate share.
 """
 
 from __future__ import annotations
@@ -20,15 +21,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from candor.decision import GROUNDING, MODEL, READER, RETRIEVAL_GATE, THRESHOLD, VERIFIER, decide
 from candor.prompts import is_refusal, normalize_text
 from candor.stopwords import FUNCTION_WORDS
 
-RETRIEVAL_GATE = "retrieval_gate"
-VERIFIER = "verifier"
-READER = "reader"
-MODEL = "model"
-THRESHOLD = "threshold"
-GROUNDING = "grounding"
+__all__ = ["GROUNDING", "MODEL", "READER", "RETRIEVAL_GATE", "THRESHOLD", "VERIFIER"]
 
 # Words that carry no evidence: an answer is grounded by its content words.
 _STOPWORDS = FUNCTION_WORDS | {"after", "before", "also", "one", "ones"}
@@ -105,10 +102,9 @@ def judge_answer(
     With the reader's evidence span, an answer that shares no content word with it is not grounded,
     however much of it the passages as a whole support.
     """
-    if is_refusal(answer):
-        return PolicyOutcome(True, MODEL, None, None)
-    if refusal_threshold is not None and refusal_confidence is not None and refusal_confidence >= refusal_threshold:
-        return PolicyOutcome(True, THRESHOLD, None, None)
+    layer = decide(refusal_confidence, refusal_threshold, model_refused=is_refusal(answer))
+    if layer is not None:
+        return PolicyOutcome(True, layer, None, None)
     support = grounding_support(answer, contexts)
     grounded = None if support is None else support >= min_support
     if grounded and evidence and not grounding_support(answer, [evidence]):
