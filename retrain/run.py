@@ -45,6 +45,10 @@ class PipelineFailed(CandorError):
     exit_code = 5
 
 
+class RunLocked(ConflictError):
+    """Another run holds the lock: this one never started (and is not recorded)."""
+
+
 @contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """An exclusive, non-blocking lock; a held lock raises ConflictError naming the holder."""
@@ -55,7 +59,7 @@ def run_lock(path: Path) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "?"
-            raise ConflictError(f"another retraining run holds {path} (pid {holder}); not starting a second") from None
+            raise RunLocked(f"another retraining run holds {path} (pid {holder}); not starting a second") from None
         try:
             fh.seek(0)
             fh.truncate()
@@ -111,7 +115,30 @@ def retrain(
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the loop once; returns a summary (status, decision, serving record)."""
+    """Run the loop once; returns a summary (status, decision, serving record). Every run that got the lock
+    is recorded, whatever its outcome, in the runs record (``runs.py``: `GET /v1/retrain/runs`)."""
+    from candor.retrain.runs import now_iso, record_run
+
+    started, summary = now_iso(), {}
+    try:
+        _retrain(settings, workspace, swap, force, echo, summary)
+    except RunLocked:
+        raise
+    except BaseException as exc:
+        record_run(settings, summary, started, exc)
+        raise
+    record_run(settings, summary, started)
+    return summary
+
+
+def _retrain(
+    settings: Settings,
+    workspace: Path,
+    swap: bool,
+    force: bool,
+    echo: Callable[[str], None],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
     from candor.retrain.adapters import AdapterRegistry
     from candor.retrain.hot_swap import hot_swap
     from candor.retrain.loop_stages import export_base_data, export_inputs
@@ -123,7 +150,7 @@ def retrain(
     lp = loop_params(params)
     paths = LoopPaths(workspace / lp.workdir)
     registry = AdapterRegistry.for_settings(settings)
-    summary: dict[str, Any] = {"workspace": str(workspace)}
+    summary["workspace"] = str(workspace)
     with run_lock(registry.root / ".retrain.lock"):
         health = check_health(settings, lp.monitor)
         write_json(paths.root / "adapter_health.json", health)  # `dvc metrics show` lists it

@@ -100,6 +100,11 @@ def test_retrain_stops_without_flags_or_without_new_ones(settings, tmp_path) -> 
     assert out["status"] == "no_new_flags" and out["exported_flags"] == 2
     with run_lock(reg.root / ".retrain.lock"), pytest.raises(ConflictError):
         retrain(settings, ws, swap=False, echo=lambda s: None)
+    from candor.retrain.runs import read_runs
+
+    runs = read_runs(settings)  # newest first; the run locked out never started and is not recorded
+    assert [r["status"] for r in runs] == ["no_new_flags", "no_flags"]
+    assert runs[0]["exported_flags"] == 2 and runs[0]["started_at"] <= runs[0]["finished_at"]
 
 
 # --- hot swap error handling (a stand-in server: only the failure modes are under test) -----------
