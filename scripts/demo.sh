@@ -70,5 +70,10 @@ ask "What is the boiling point of mercury?"                       # off topic: r
 echo
 echo "The API is at ${CANDOR_API_URL} (docs: ${CANDOR_API_URL}/docs); flag an answer with:"
 echo "  curl -X POST ${CANDOR_API_URL}/v1/answers/<answer_id>/feedback -H 'content-type: application/json' -d '{\"verdict\": \"hallucination\"}'"
-[ "${KEEP_RUNNING:-0}" = 1 ] && echo "KEEP_RUNNING=1: servers left running (pids ${pids[*]})."
+if [ "${KEEP_RUNNING:-0}" = 1 ]; then
+  echo "KEEP_RUNNING=1: servers left running (pids ${pids[*]})."
+  echo "Open ${CANDOR_API_URL}/ in a browser: ask, see the evidence, flag answers and review the flags."
+else
+  echo "The chat page is ${CANDOR_API_URL}/ (ask, see the evidence, flag, review): run with KEEP_RUNNING=1 and open it in a browser."
+fi
 exit 0

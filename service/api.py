@@ -168,10 +168,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     install_error_handlers(app)
 
-    from candor.service import routes_answers, routes_chat, routes_collections, routes_openai, routes_ops
+    from candor.service import (
+        routes_answers,
+        routes_chat,
+        routes_collections,
+        routes_openai,
+        routes_ops,
+        routes_review,
+        routes_web,
+    )
 
-    for module in (routes_chat, routes_openai, routes_answers, routes_collections, routes_ops):
+    for module in (routes_chat, routes_openai, routes_answers, routes_collections, routes_ops, routes_review):
         app.include_router(module.router)
+    app.include_router(routes_web.router)  # the chat page at / (docs/feedback.md, "The chat page")
 
     # Added before the observer so it runs inside it: a body that turns out too large while it
     # streams in is then a 413 from the exception handlers (and counted), not a 400 "parse error".

@@ -33,3 +33,14 @@ def test_only_the_candor_name_is_claimed():
 def test_torch_is_pinned_to_the_cpu_wheel_on_disk():
     deps = _pyproject()["project"]["dependencies"]
     assert "torch==2.13.0" in deps
+
+
+def test_the_chat_page_ships_as_package_data():
+    from fnmatch import fnmatch
+
+    patterns = _pyproject()["tool"]["setuptools"]["package-data"]["candor.service"]
+    web = REPO_ROOT / "service" / "web"
+    files = sorted(p.relative_to(REPO_ROOT / "service").as_posix() for p in web.iterdir() if p.is_file())
+    assert {"web/index.html", "web/app.css", "web/app.js"} <= set(files)
+    unshipped = [f for f in files if not any(fnmatch(f, pat) for pat in patterns)]
+    assert not unshipped, f"add to [tool.setuptools.package-data] candor.service: {unshipped}"
