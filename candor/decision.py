@@ -59,12 +59,33 @@ def decide(
     return None
 
 
-def resolve_threshold(settings: Any, layer: str, stored: float | None = None) -> float | None:
-    """The threshold a layer applies: its setting when set, else the model's own (``stored``, e.g. the
-    reader's or verifier's validation threshold), else None (that layer never refuses)."""
+# Where a threshold came from (``threshold_source``): a collection's calibration, the setting, the model's own.
+CALIBRATION = "calibration"
+SETTING = "setting"
+VALIDATION = "validation"
+
+
+def threshold_source(
+    settings: Any, layer: str, stored: float | None = None, calibrated: float | None = None
+) -> tuple[float | None, str | None]:
+    """The threshold a layer applies and where it came from, most specific first: the collection's own
+    (``calibrated``: ``candor calibrate`` on its reviewed flags, for this very model), else the layer's
+    setting, else the model's own (``stored``, e.g. the reader's validation threshold), else None (that
+    layer never refuses)."""
+    if calibrated is not None:
+        return calibrated, CALIBRATION
     name, _ = THRESHOLD_SETTINGS[layer]
     configured = getattr(settings, name)
-    return configured if configured is not None else stored
+    if configured is not None:
+        return configured, SETTING
+    return stored, (VALIDATION if stored is not None else None)
+
+
+def resolve_threshold(
+    settings: Any, layer: str, stored: float | None = None, calibrated: float | None = None
+) -> float | None:
+    """The threshold a layer applies (``threshold_source`` without the source)."""
+    return threshold_source(settings, layer, stored, calibrated)[0]
 
 
 def threshold_env(layer: str) -> str:

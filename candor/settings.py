@@ -179,6 +179,20 @@ class Settings(BaseSettings):
         min_length=1,
         description="Stable adapter id the promoted adapter is hot-swapped under; the API's CANDOR_LLM_ADAPTER.",
     )
+    reader_registry_dir: Path | None = Field(
+        None,
+        description="Registered answerability readers by content hash (the loop's, or imported); default "
+        "DATA_DIR/readers. With CANDOR_READER_PATH set, the API serves the registry's current reader.",
+    )
+    calibration_min_flags: int = Field(
+        10, ge=2, description="`candor calibrate`: reviewed flags a collection needs (both kinds among them)."
+    )
+    calibration_target: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="`candor calibrate`: the most over-refusal and hallucination a calibrated threshold aims at.",
+    )
 
     # --- the SQuAD 2.0 base data (loop, fine-tuning, evaluation, benchmarks) ------------
     data_source: Path | None = Field(

@@ -184,3 +184,30 @@ class FlagRow(Base):
         CheckConstraint("review_status IN ('pending', 'approved', 'rejected')", name="review_status"),
         Index("ix_flags_review_status_id", "review_status", "id"),
     )
+
+
+class CollectionThresholdRow(Base):
+    """A collection's own refusal threshold, calibrated from its reviewed flags (``candor calibrate``).
+
+    It holds for the answerability model it was calibrated on (``model``, as the answer log names it):
+    another reader version falls back to its validation threshold until the collection is calibrated again.
+    """
+
+    __tablename__ = "collection_thresholds"
+
+    collection: Mapped[str] = mapped_column(String(200), primary_key=True)
+    layer: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    threshold: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(32))  # calibration | loop
+    flags: Mapped[int] = mapped_column(Integer)
+    over_refusal: Mapped[float] = mapped_column(Float)
+    hallucination_rate: Mapped[float] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the trade-off: figures at each threshold tried
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold"),
+        CheckConstraint("source IN ('calibration', 'loop')", name="source"),
+    )

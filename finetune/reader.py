@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ from pathlib import Path
 from candor.errors import InvalidInputError
 from candor.finetune.reader_data import ReaderExample, build_reader_examples
 from candor.finetune.squad import Corpus, load_squad
-from candor.reader import FORMAT, WEIGHTS_FILE, ReaderMeta, best_spans, encode, load_qa_model
+from candor.jsonl import json_objects
+from candor.reader import FORMAT, WEIGHTS_FILE, ReaderMeta, best_spans, encode, load_qa_model, load_trained_tensors
 
 log = logging.getLogger("candor.finetune.reader")
 
@@ -57,6 +59,9 @@ class ReaderConfig:
     logging_steps: int = 20
     torch_threads: int = 1
     init_from: str | None = None  # a verifier folder: its trained encoder layers seed the reader's
+    init_from_reader: str | None = None  # a reader folder: continue from its tensors (encoder and span head)
+    extra_examples: str | None = None  # a JSONL of ReaderExample rows added to training (the loop's flag labels)
+    extra_repeats: int = 1  # each extra example this many times (a handful of labels among the replay rows)
     limit_examples: int = 0  # 0 = all (tests use a handful)
     val_limit: int = 800
 
@@ -66,6 +71,25 @@ class ReaderConfig:
                 raise InvalidInputError(f"reader {name} must be between 0 and 1")
         if self.doc_stride >= self.max_length // 2 or self.max_length < 64:
             raise InvalidInputError("reader max_length must be >= 64 and doc_stride less than half of it")
+        if self.extra_repeats < 1:
+            raise InvalidInputError("reader extra_repeats must be at least 1")
+        if self.init_from and self.init_from_reader:
+            raise InvalidInputError("reader: init_from (a verifier) and init_from_reader exclude each other")
+
+
+def read_extra_examples(path: Path) -> list[ReaderExample]:
+    """Reader examples from a JSONL file (``ReaderExample.to_row`` rows), each span checked against its passage."""
+    out = []
+    fields = set(ReaderExample.__dataclass_fields__)
+    for n, row in json_objects(Path(path)):
+        missing = sorted(fields - set(row))
+        if missing:
+            raise InvalidInputError(f"{path}:{n}: a reader example lacks {missing}")
+        ex = ReaderExample(**{k: row[k] for k in fields})
+        if ex.answerable and ex.context[ex.answer_start : ex.answer_start + len(ex.answer_text)] != ex.answer_text:
+            raise InvalidInputError(f"{path}:{n}: answer_text is not at answer_start in its context")
+        out.append(ex)
+    return out
 
 
 def parse_source(spec: str) -> tuple[Path, str | None]:
@@ -98,6 +122,17 @@ def load_examples(cfg: ReaderConfig) -> tuple[list[ReaderExample], list[ReaderEx
         train = train[: cfg.limit_examples]
     if cfg.val_limit:
         val = val[: cfg.val_limit]
+    if cfg.extra_examples:
+        extra = read_extra_examples(Path(cfg.extra_examples))
+        stats["extra"] = {
+            "file": cfg.extra_examples,
+            "examples": len(extra),
+            "answerable": sum(e.answerable for e in extra),
+            "repeats": cfg.extra_repeats,
+            "replay_examples": len(train),
+        }
+        train = train + extra * cfg.extra_repeats
+        random.Random(f"reader:extra:{cfg.seed}").shuffle(train)
     stats["train_examples"] = len(train)
     return train, val, stats
 
@@ -265,6 +300,11 @@ def train_reader(cfg: ReaderConfig, base_path: Path, base_model: str, resume: bo
     model.get_input_embeddings().weight.requires_grad_(False)
     if cfg.init_from:
         seed_encoder(model, Path(cfg.init_from))
+    if cfg.init_from_reader:  # continue from a trained reader: its encoder layers and span head
+        src = Path(cfg.init_from_reader)
+        head = ("qa_outputs.weight", "qa_outputs.bias")
+        load_trained_tensors(model, src / WEIGHTS_FILE, base_path, ReaderMeta.read(src).base_model, head)
+        log.info("reader starts from %s", src)
     feats = features(tokenizer, train, cfg)
     data_stats["train_features"] = len(feats)
     (out / "data_stats.json").write_text(json.dumps(data_stats, indent=1) + "\n", encoding="utf-8")
