@@ -25,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-COMMAND_MODULES = ("ingest", "model", "serve", "feedback", "finetune", "retrain", "bench")
+COMMAND_MODULES = ("ingest", "model", "serve", "feedback", "finetune", "retrain", "readers", "bench")
 
 for _name in COMMAND_MODULES:
     app.add_typer(importlib.import_module(f"candor.cli.{_name}").app)
@@ -49,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click's own usage errors arrive here in non-standalone mode
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.29 vendors click: its usage errors derive from typer.TyperException, not click's
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+            return int(getattr(exc, "exit_code", 2))
+        if isinstance(exc, click.exceptions.Abort | typer.Abort):
             typer.echo("aborted", err=True)
             return 1
         raise

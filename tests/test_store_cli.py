@@ -166,3 +166,12 @@ def test_every_command_has_help(cli):
     ):
         code, out, _ = cli(*argv)
         assert code == 0 and "Usage" in out, argv
+
+
+def test_usage_errors_are_a_message_and_exit_2_never_a_traceback(capsys):
+    # typer vendors click: its usage errors are not click's own classes
+    assert main(["eval", "-c", "handbook"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option: -c" in err and "Traceback" not in err
+    assert main(["finetune", "eval-reader"]) == 2
+    assert "Missing argument" in capsys.readouterr().err
