@@ -59,7 +59,7 @@ def decide(
     return None
 
 
-# Where a threshold came from (``threshold_source``): a collection's calibration, the setting, the model's own.
+# Where a threshold came from (``threshold_source``): the setting, a collection's calibration, the model's own.
 CALIBRATION = "calibration"
 SETTING = "setting"
 VALIDATION = "validation"
@@ -68,16 +68,16 @@ VALIDATION = "validation"
 def threshold_source(
     settings: Any, layer: str, stored: float | None = None, calibrated: float | None = None
 ) -> tuple[float | None, str | None]:
-    """The threshold a layer applies and where it came from, most specific first: the collection's own
-    (``calibrated``: ``candor calibrate`` on its reviewed flags, for this very model), else the layer's
-    setting, else the model's own (``stored``, e.g. the reader's validation threshold), else None (that
-    layer never refuses)."""
-    if calibrated is not None:
-        return calibrated, CALIBRATION
+    """The threshold a layer applies and where it came from: the layer's setting when set (an operator's
+    explicit choice, for every collection), else the collection's own (``calibrated``: ``candor calibrate``
+    on its reviewed flags, for this very model), else the model's own (``stored``, e.g. the reader's
+    validation threshold), else None (that layer never refuses)."""
     name, _ = THRESHOLD_SETTINGS[layer]
     configured = getattr(settings, name)
     if configured is not None:
         return configured, SETTING
+    if calibrated is not None:
+        return calibrated, CALIBRATION
     return stored, (VALIDATION if stored is not None else None)
 
 

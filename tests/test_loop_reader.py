@@ -90,11 +90,12 @@ def test_reader_loop_params_reject_unknown_keys() -> None:
     assert reader_loop_params({}).gate.max_over_refusal_rise == 0.03
 
 
-def test_a_collections_threshold_comes_first_then_the_setting_then_validation() -> None:
+def test_the_setting_comes_first_then_the_collections_calibration_then_validation() -> None:
     s = Settings()
     assert threshold_source(s, READER, 0.4) == (0.4, VALIDATION)
     assert threshold_source(s, READER, 0.4, calibrated=0.7) == (0.7, CALIBRATION)
-    assert threshold_source(s.model_copy(update={"reader_threshold": 0.5}), READER, 0.4) == (0.5, SETTING)
+    configured = s.model_copy(update={"reader_threshold": 0.5})
+    assert threshold_source(configured, READER, 0.4, calibrated=0.7) == (0.5, SETTING)
     assert threshold_source(s, READER, None) == (None, None)
 
 
