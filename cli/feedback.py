@@ -439,3 +439,66 @@ def feedback_stats(
             f"{name:<30}  answers {s.answers:>6}  refusals {s.refusals:>6} ({s.refusal_rate:.1%})  "
             f"failures {s.failures:>4}  flags {s.flags:>4} ({s.flag_rate:.1%})  {verdicts}"
         )
+
+
+def _threshold_lines(t: dict[str, Any]) -> list[str]:
+    head = (
+        f"{t['collection']}: refuses at {t['threshold']} ({t['source'] or 'no threshold'}; {t['layer']} {t['model']})"
+    )
+    lines = [head]
+    cal = t.get("calibration")
+    if cal:
+        lines.append(
+            f"  calibration: {cal['threshold']:.4f} from {cal['flags']} reviewed flag(s), {cal['at']} by "
+            f"{cal['by'] or '?'} ({cal['source']}): over-refusal {cal['over_refusal']:.3f}, hallucination "
+            f"{cal['hallucination_rate']:.3f} on those flags"
+        )
+        before = cal.get("before") or {}
+        if before:
+            lines.append(
+                f"  replaced {before.get('threshold')}: over-refusal {before.get('over_refusal', 0):.3f}, "
+                f"hallucination {before.get('hallucination_rate', 0):.3f}"
+            )
+        if cal.get("note"):
+            lines.append(f"  {cal['note']}")
+    elif t["source"] == "validation":
+        lines.append(
+            "  the reader's validation threshold (SQuAD): `candor calibrate -c NAME` fits it to this collection"
+        )
+    return lines
+
+
+@feedback_app.command("threshold")
+def feedback_threshold(
+    collection: str | None = typer.Option(None, "--collection", "-c", help="One collection; default: all calibrated."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A collection's refusal threshold and where it came from: its calibration (when, from how many reviewed
+    flags, the trade-off chosen), the setting, or the reader's validation threshold."""
+    from candor.decision import READER
+    from candor.feedback.thresholds import effective_threshold
+    from candor.reader import WEIGHTS_FILE, ReaderMeta, folder_version
+    from candor.retrain.readers import serving_reader_folder
+    from candor.settings import get_settings
+
+    settings = get_settings()
+    folder = serving_reader_folder(settings)
+    if folder is None:
+        raise InvalidInputError("no reader is configured (CANDOR_READER_PATH): the reader's threshold does not apply")
+    model, stored = folder_version(folder, WEIGHTS_FILE), ReaderMeta.read(folder).threshold
+    store = _store()
+    try:
+        records = [store.get_collection_threshold(collection)] if collection else store.list_collection_thresholds()
+    finally:
+        store.close()
+    names = [collection] if collection else [r.collection for r in records if r is not None]
+    by_name = {r.collection: r for r in records if r is not None}
+    out = [{"collection": n, **effective_threshold(settings, READER, model, stored, by_name.get(n))} for n in names]
+    if as_json:
+        _print_json(out)
+        return
+    if not out:
+        typer.echo(f"no collection is calibrated: every collection refuses at {stored} (the reader's validation)")
+    for t in out:
+        for line in _threshold_lines(t):
+            typer.echo(line)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from candor.decision import threshold_source
 from candor.errors import InvalidInputError
 from candor.feedback.models import CollectionThresholdRow
 
@@ -90,3 +91,43 @@ def clear_threshold(session: Session, collection: str) -> bool:
         return False
     session.delete(row)
     return True
+
+
+def effective_threshold(
+    settings: Any, layer: str, model: str, stored: float | None, record: CollectionThreshold | None
+) -> dict[str, Any]:
+    """What a collection's answerability layer applies and why: the threshold, its source (``calibration``,
+    ``setting``, ``validation``), and the calibration on record (when, from how many flags, the trade-off
+    chosen), which holds only for the model it was calibrated on."""
+    applies = record is not None and record.model == model and record.layer == layer
+    value, source = threshold_source(settings, layer, stored, record.threshold if applies else None)
+    out: dict[str, Any] = {
+        "layer": layer,
+        "model": model,
+        "threshold": value,
+        "source": source,
+        "validation_threshold": stored,
+        "calibration": None,
+    }
+    if record is not None:
+        d = record.detail or {}
+        out["calibration"] = {
+            "threshold": record.threshold,
+            "applies": applies,
+            "model": record.model,
+            "source": record.source,
+            "at": record.to_dict()["created_at"],
+            "by": record.created_by,
+            "flags": record.flags,
+            "over_refusal": record.over_refusal,
+            "hallucination_rate": record.hallucination_rate,
+            "before": d.get("before"),
+            "target": d.get("target"),
+            "meets_target": d.get("meets_target"),
+        }
+        if not applies:
+            out["calibration"]["note"] = (
+                f"calibrated for {record.model}, not the {model} serving now: the model's own threshold applies "
+                "until `candor calibrate` runs again"
+            )
+    return out
