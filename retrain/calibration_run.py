@@ -38,12 +38,16 @@ def run_calibration(
     reader: AnswerabilityReader | None = None,
 ) -> dict[str, Any]:
     reader = reader or load_current_reader(settings)
-    served = resolve_threshold(settings, READER, reader.threshold)
     store = AnswerStore(settings)
     try:
+        record = store.get_collection_threshold(collection)
+        applies = record is not None and record.model == reader.version
+        served = resolve_threshold(settings, READER, reader.threshold, record.threshold if applies else None)
         rows = list(store.export_flags(collections=[collection]))
         result = calibrate(rows, collection, reader, served, min_flags=min_flags, target=target)
         lines = result.lines()
+        if settings.reader_threshold is not None:
+            lines.append("note: CANDOR_READER_THRESHOLD is set: it overrides every collection's calibration")
         if not dry_run:
             record = store.set_collection_threshold(result.record(source, who))
             lines.append(f"stored: {collection} refuses at {record.threshold:.4f} with reader {record.model}")
