@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults: set up, prepare the base model, ingest the sample corpus
 # (samples/handbook, Candor's own handbook), start the model server and the API, then ask one question
-# the handbook answers and four it does not: one the model itself refuses, one the answerability
-# verifier refuses before the model is called, two the retrieval gate stops.
+# the handbook answers and four it does not (all five from samples/handbook.questions.jsonl): one the
+# generation side refuses, one the answerability reader refuses before the model is called, two the
+# retrieval gate stops.
 # Servers stop at the end unless KEEP_RUNNING=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,10 +28,10 @@ if [ -f "$ADAPTER_DIR/adapter_config.json" ]; then
   export CANDOR_LLM_ADAPTER=refusal
 fi
 
-# The shipped answerability verifier (models/candor-verifier): the API refuses before generating
-# when it judges that no retrieved passage answers the question.
-if [ -f models/candor-verifier/verifier.json ]; then
-  export CANDOR_VERIFIER_PATH="${CANDOR_VERIFIER_PATH:-models/candor-verifier}"
+# The shipped answerability reader (models/candor-reader): the API refuses before generating when no
+# retrieved passage holds an answer span, and shows the evidence span with every answer.
+if [ -f models/candor-reader/reader.json ] && [ -z "${CANDOR_VERIFIER_PATH:-}" ]; then
+  export CANDOR_READER_PATH="${CANDOR_READER_PATH:-models/candor-reader}"
 fi
 
 candor model prepare
@@ -62,9 +63,9 @@ pids+=($!)
 wait_for "http://127.0.0.1:${API_PORT}/readyz" 120 "the API"
 
 ask() { echo; echo "Q: $1"; candor ask "$1" --collection "$COLLECTION"; }
-ask "How large are Candor's chunks?"                              # the handbook answers it: 256 tokens
-ask "Which GPU model does Candor require?"                        # passes the gate and the verifier; the model (bf16) or the grounding check (float32) refuses
-ask "How many languages does Candor's user interface support?"    # passes the gate; the verifier refuses
+ask "How large are Candor's chunks?"                              # the handbook answers it: 256 tokens (evidence: "256")
+ask "Which GPU model does Candor require?"                        # passes the gate and the reader; the model (bf16) or the grounding check (float32) refuses
+ask "How many languages does Candor's user interface support?"    # passes the gate; the reader refuses
 ask "How much does a Candor enterprise subscription cost per year?"  # refused by the retrieval gate
 ask "What is the boiling point of mercury?"                       # off topic: refused by the retrieval gate
 echo

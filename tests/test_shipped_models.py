@@ -1,8 +1,9 @@
-"""What the README's demo shows, held by a test: the shipped adapter and verifier on the handbook.
+"""What the README's demo shows, held by a test: the shipped adapter and reader on the handbook.
 
 Each refusal layer appears once, with the real shipped files (models/candor-refusal served by a real
-model server, models/candor-verifier in the API), so a retrained adapter or verifier that loses one
-of these behaviours fails here rather than in front of a user running scripts/demo.sh.
+model server, models/candor-reader in the API), so a retrained adapter or reader that loses one of
+these behaviours fails here rather than in front of a user running scripts/demo.sh. The questions
+come from the labelled handbook set (samples/handbook.questions.jsonl).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from candor.settings import Settings
 pytestmark = pytest.mark.slow
 
 ADAPTER = REPO_ROOT / "models" / "candor-refusal"
-VERIFIER = REPO_ROOT / "models" / "candor-verifier"
+READER = REPO_ROOT / "models" / "candor-reader"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
         base_model_dir,
         shared_models,
         llm_adapter="refusal",
-        verifier_path=VERIFIER,
+        reader_path=READER,
         max_new_tokens=Settings.model_fields["max_new_tokens"].default,  # the demo's prompt budget
     )
     # The generation side's two layers split by the serving dtype (auto: bf16 on AVX-512, float32 on AVX2):
@@ -45,7 +46,7 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
     expected = {
         "How large are Candor's chunks?": None,  # answered: 256 tokens
         "Which GPU model does Candor require?": generation_layer,
-        "How many languages does Candor's user interface support?": "verifier",
+        "How many languages does Candor's user interface support?": "reader",
         "How much does a Candor enterprise subscription cost per year?": "retrieval_gate",
         "What is the boiling point of mercury?": "retrieval_gate",
     }
@@ -59,3 +60,4 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
             assert body["model"]["adapter"] == "refusal"
             if layer is None:
                 assert "256" in body["answer"] and body["citations"], body
+                assert body["evidence"]["text"] == "256" and body["evidence"]["score"] > 0.5, body["evidence"]
