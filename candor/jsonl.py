@@ -57,11 +57,20 @@ def dumps(row: Any, *, sort_keys: bool = True, compact: bool = False) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=sort_keys, separators=separators)
 
 
-def _write_atomic(path: Path, write: Any) -> Any:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomic(path: Path, write: Any, private: bool = False) -> Any:
+    """``private``: readable by the owner only (0600); else the mode a plain ``open`` would give."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if not private:
+            os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             result = write(fh)
             fh.flush()
@@ -73,8 +82,11 @@ def _write_atomic(path: Path, write: Any) -> Any:
     return result
 
 
-def write_jsonl(path: Path, rows: Iterable[Any], *, sort_keys: bool = True, compact: bool = False) -> int:
-    """Write ``rows`` to ``path``, one JSON value a line, atomically; returns how many."""
+def write_jsonl(
+    path: Path, rows: Iterable[Any], *, sort_keys: bool = True, compact: bool = False, private: bool = False
+) -> int:
+    """Write ``rows`` to ``path``, one JSON value a line, atomically; returns how many. ``private``: mode 0600
+    (the flag export: users' questions and answers)."""
 
     def write(fh: Any) -> int:
         n = 0
@@ -83,7 +95,7 @@ def write_jsonl(path: Path, rows: Iterable[Any], *, sort_keys: bool = True, comp
             n += 1
         return n
 
-    return _write_atomic(path, write)
+    return _write_atomic(path, write, private)
 
 
 def write_json(path: Path, obj: Any) -> None:

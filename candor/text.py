@@ -16,6 +16,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator
 
+from candor.errors import InvalidInputError
+
 NUL = "\x00"
 
 
@@ -37,8 +39,6 @@ def without_nul(value: object) -> object:
 
 def storable_or_invalid(value: str, what: str) -> str:
     """``check_storable`` for store and CLI callers: InvalidInputError naming ``what``."""
-    from candor.errors import InvalidInputError
-
     try:
         return check_storable(value)
     except ValueError as exc:

@@ -1,1 +1,1 @@
-"""The `candor` command line: the top layer, composing the rooms' commands."""
+"""The `candor` command line (layer 5, the top): composes the rooms' commands, importing them lazily."""

@@ -195,9 +195,9 @@ def adapters_check(
     rollback: bool = typer.Option(False, "--rollback", help="Roll back (and swap) if a rollback is recommended."),
 ) -> None:
     """Live flag and refusal rates of the current vs the previous version; recommends a rollback."""
+    from candor.jsonl import write_json
     from candor.retrain.loop_params import loop_params
     from candor.retrain.monitor import check_health
-    from candor.retrain.pairs import write_json
 
     report = check_health(get_settings(), loop_params(_params(params)).monitor)
     if out:

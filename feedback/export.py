@@ -10,17 +10,14 @@ correction, who flagged and when, and which adapter answered.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from candor import jsonl
 from candor.feedback.answers import answer_out
 from candor.feedback.flags import flag_out, parse_review_status, parse_verdict
 from candor.feedback.models import AnswerRow, FlagRow
@@ -114,24 +111,6 @@ def export_batch(
 
 
 def dumps(row: dict[str, Any]) -> str:
-    """One JSONL line: sorted keys, UTF-8 kept, no spaces after separators (byte-stable)."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
-    """Write rows atomically (temp file + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(dumps(row) + "\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    """One export line: sorted keys, UTF-8 kept, no spaces after separators (byte-stable); the file is
+    ``candor.jsonl.write_jsonl(path, rows, compact=True)``."""
+    return jsonl.dumps(row, compact=True)

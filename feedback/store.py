@@ -46,6 +46,7 @@ from candor.feedback.schemas import (
     ReviewStatus,
     Verdict,
 )
+from candor.jsonl import write_jsonl
 from candor.settings import Settings
 
 
@@ -271,7 +272,7 @@ class AnswerStore:
 
     def write_export(self, path: Path, **filters: Any) -> int:
         """Write ``export_flags(**filters)`` to ``path`` as JSONL, atomically; returns the row count."""
-        return _export.write_jsonl(self.export_flags(**filters), path)
+        return write_jsonl(path, self.export_flags(**filters), compact=True, private=True)
 
     # --- retention and erasure -----------------------------------------------------
     def count_older_than(self, age: timedelta) -> PurgeResult:

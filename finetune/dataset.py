@@ -23,6 +23,7 @@ from pathlib import Path
 
 from candor.errors import InvalidInputError
 from candor.finetune.squad import Corpus, Paragraph, Question
+from candor.jsonl import write_jsonl
 from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages, normalize_text
 
 CATEGORIES = ("answerable", "unanswerable", "retrieval_miss", "no_context", "false_premise")
@@ -224,15 +225,6 @@ def build_examples(corpus: Corpus, cfg: BuildConfig, size: int, salt: str) -> tu
     return out, stats
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def build_dataset(corpus: Corpus, cfg: BuildConfig, out_dir: Path) -> dict:
     """Write train.jsonl, val.jsonl, val.{questions,paragraphs}.jsonl and stats.json into ``out_dir``."""
     train_articles, val_articles = split_articles(corpus, cfg.val_articles, cfg.seed)
@@ -240,8 +232,8 @@ def build_dataset(corpus: Corpus, cfg: BuildConfig, out_dir: Path) -> dict:
     train, train_stats = build_examples(train_c, cfg, cfg.size, "train")
     val, val_stats = build_examples(val_c, cfg, cfg.val_size, "val") if val_articles else ([], {})
     out_dir = Path(out_dir)
-    write_jsonl(out_dir / "train.jsonl", [e.to_json() for e in train])
-    write_jsonl(out_dir / "val.jsonl", [e.to_json() for e in val])
+    write_jsonl(out_dir / "train.jsonl", [e.to_json() for e in train], sort_keys=False)
+    write_jsonl(out_dir / "val.jsonl", [e.to_json() for e in val], sort_keys=False)
     write_jsonl(
         out_dir / "val.questions.jsonl",
         [
@@ -254,10 +246,12 @@ def build_dataset(corpus: Corpus, cfg: BuildConfig, out_dir: Path) -> dict:
             }
             for q in val_c.questions
         ],
+        sort_keys=False,
     )
     write_jsonl(
         out_dir / "val.paragraphs.jsonl",
         [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in val_c.paragraphs.values()],
+        sort_keys=False,
     )
     stats = {
         "seed": cfg.seed,

@@ -22,9 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.finetune.metrics import Scored, choose_threshold, exact_match, summarize, token_f1
 from candor.finetune.squad import Corpus, Paragraph, Question
+from candor.model_server.adapters import INT8, load_dtype
 from candor.prompts import ContextChunk, fit_messages, is_refusal
 from candor.refusal_score import refusal_confidence
+from candor.settings import apply_thread_settings
 
 log = logging.getLogger("candor.finetune.evaluate")
 
@@ -149,8 +152,6 @@ class LocalGenerator:
     """Batched greedy generation with transformers, one base and any number of adapters."""
 
     def __init__(self, base_path: Path, dtype: str = "auto", threads: int = 1, top_n: int = 5):
-        from candor.settings import apply_thread_settings
-
         apply_thread_settings(threads)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,7 +159,6 @@ class LocalGenerator:
             raise NotFoundError(f"base model not found at {base_path} (run `candor model prepare`)")
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         self.tokenizer.padding_side = "left"
-        from candor.model_server.adapters import INT8, load_dtype
 
         if dtype == INT8:  # adapters stay unmerged here (several side by side); int8 is a serving mode
             raise InvalidInputError("evaluation runs in auto, bfloat16, float32 or float16: set eval.dtype, not int8")
@@ -273,8 +273,6 @@ def predict(
 
 def score(items: Sequence[EvalItem], preds: Sequence[Prediction]):
     """Pair items with predictions as metrics.Scored."""
-    from candor.finetune.metrics import Scored, exact_match, token_f1
-
     out = []
     for it, p in zip(items, preds, strict=True):
         em = f1 = 0.0
@@ -342,8 +340,6 @@ def evaluate_oracle(
     signal the service then applies before generating; the model-only metrics do not change.
     """
     from tqdm import tqdm
-
-    from candor.finetune.metrics import choose_threshold, summarize
 
     cal_ans = ans = None
     if verifier is not None:

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from candor.answerability import CONFIG_FILE, WEIGHTS_FILE, describe_base_model
 from candor.errors import InvalidInputError, NotFoundError
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE
 
@@ -258,8 +259,6 @@ def verifier_card_text(summary: dict, meta: dict, evals: list[tuple[str, dict]])
 
 def ship_verifier(run_dir: Path, dest: Path, eval_paths: list[Path] | None = None) -> Path:
     """Copy ``run_dir/verifier`` to ``dest`` (atomically) with its card and training summary."""
-    from candor.answerability import CONFIG_FILE, WEIGHTS_FILE, describe_base_model
-
     run_dir, dest = Path(run_dir), Path(dest)
     src = run_dir / "verifier"
     for f in (CONFIG_FILE, WEIGHTS_FILE):

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.finetune.dataset import BuildConfig
+from candor.finetune.reader import ReaderConfig
+from candor.finetune.train import TrainConfig
+from candor.finetune.verifier import VerifierConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -47,8 +51,6 @@ def to_dataclass(cls: type, values: dict[str, Any], where: str):
 
 def train_config(params: dict[str, Any], variant: str | None = None, **overrides: Any):
     """The train section, with a named variant's overrides and then explicit ones applied."""
-    from candor.finetune.train import TrainConfig
-
     values = section(params, "train")
     variants = values.pop("variants", {}) or {}
     if variant:
@@ -60,8 +62,6 @@ def train_config(params: dict[str, Any], variant: str | None = None, **overrides
 
 
 def build_config(params: dict[str, Any]):
-    from candor.finetune.dataset import BuildConfig
-
     values = section(params, "build_data")
     for key in ("source", "split", "out_dir"):
         values.pop(key, None)
@@ -70,8 +70,6 @@ def build_config(params: dict[str, Any]):
 
 def verifier_config(params: dict[str, Any], **overrides: Any):
     """The verifier section; its split follows build_data's seed and val_articles unless it sets them."""
-    from candor.finetune.verifier import VerifierConfig
-
     values = section(params, "verifier")
     data = section(params, "build_data")
     for key in ("seed", "val_articles"):
@@ -83,8 +81,6 @@ def verifier_config(params: dict[str, Any], **overrides: Any):
 
 def reader_config(params: dict[str, Any], sources: list[str], **overrides: Any):
     """The reader section with its data sources resolved by the caller; seed and split follow build_data."""
-    from candor.finetune.reader import ReaderConfig
-
     values = section(params, "reader")
     values.pop("extra_sources", None)
     data = section(params, "build_data")

@@ -23,18 +23,23 @@ from pathlib import Path
 from candor.data_source import resolve_data_source, split_path
 from candor.decision import MEASURE_ONLY
 from candor.errors import UnavailableError
+from candor.feedback.store import AnswerStore
 from candor.finetune.evaluate import BASE, parse_models, sample_questions
 from candor.finetune.metrics import Scored, decision_metrics, exact_match, summarize, token_f1
 from candor.finetune.report import write_report
+from candor.finetune.run_eval import load_eval_verifier, refusal_signal
 from candor.finetune.squad import Corpus, load_squad
+from candor.ingest.pipeline import ingest_documents
+from candor.ingest.retriever import Retriever
+from candor.service.answering import AnswerEngine, AnswerRequest
+from candor.service.chat_template import PromptRenderer
+from candor.service.llm_client import LLMClient
 
 log = logging.getLogger("candor.finetune.rag")
 
 
 def ensure_collection(settings, collection: str, corpora: list[Corpus]) -> dict:
     """Ingest every paragraph (idempotent: unchanged documents are skipped by the pipeline)."""
-    from candor.ingest.pipeline import ingest_documents
-
     docs = [
         {"id": p.doc_id, "text": p.text, "title": p.title}
         for c in corpora
@@ -102,8 +107,6 @@ def model_server(settings, adapters: dict[str, str], log_path: Path, threads: in
 async def _answer_all(engine, retriever, questions, collection: str, k: int, concurrency: int, bar) -> list:
     import anyio
 
-    from candor.service.answering import AnswerRequest
-
     results: list = [None] * len(questions)
     limiter = anyio.CapacityLimiter(concurrency)
 
@@ -138,12 +141,6 @@ def run_rag_eval(
     import anyio
     from tqdm import tqdm
 
-    from candor.feedback.store import AnswerStore
-    from candor.ingest.retriever import Retriever
-    from candor.service.answering import AnswerEngine
-    from candor.service.chat_template import PromptRenderer
-    from candor.service.llm_client import LLMClient
-
     models = parse_models(models)
     rag = ev.get("rag", {}) or {}
     src = resolve_data_source(source or ev.get("source"), settings)
@@ -155,7 +152,6 @@ def run_rag_eval(
     questions = sample_questions(corpus.questions, limit, int(ev.get("seed", 13)))
     # the eval's own answer log
     s = settings.model_copy(update={"database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}"})
-    from candor.finetune.run_eval import load_eval_verifier, refusal_signal
 
     verifier = load_eval_verifier(settings, ev, verifier_path, reader_path)
     t0 = time.monotonic()

@@ -9,24 +9,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from candor.answerability import AnswerabilityVerifier
 from candor.data_source import data_split
 from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_items, parse_models
+from candor.finetune.probe import run_probe
 from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
 from candor.hardware import resolve_dtype
+from candor.reader import AnswerabilityReader
 
 
 def load_eval_verifier(settings, ev: dict, verifier_path: Path | None, reader_path: Path | None = None):
     """The answerability layer named on the command line or in params (eval.reader, eval.verifier), or None."""
     reader = reader_path or ev.get("reader")
     if reader:
-        from candor.reader import AnswerabilityReader
-
         return AnswerabilityReader(Path(reader), settings.resolved_embed_model_path)
     path = verifier_path or ev.get("verifier")
     if not path:
         return None
-    from candor.answerability import AnswerabilityVerifier
 
     return AnswerabilityVerifier(Path(path), settings.resolved_embed_model_path)
 
@@ -51,8 +51,6 @@ def run_oracle_eval(
     verifier_path: Path | None = None,
     reader_path: Path | None = None,
 ) -> dict:
-    from candor.finetune.probe import run_probe
-
     models = parse_models(models)  # a missing adapter fails before any data or model loads
     split = split or ev.get("split", "dev")
     seed = int(ev.get("seed", 13))

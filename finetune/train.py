@@ -29,6 +29,10 @@ from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.collate import Encoded, encode_example, length_grouped_batches, pad_batch
+from candor.finetune.distill import kl_loss
+from candor.hardware import resolve_dtype
+from candor.prompts import is_refusal
+from candor.settings import apply_thread_settings
 
 log = logging.getLogger("candor.finetune.train")
 
@@ -116,8 +120,6 @@ def load_model(cfg: TrainConfig, base_path: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from candor.hardware import resolve_dtype
-
     name = resolve_dtype(cfg.compute_dtype)
     dtype = getattr(torch, name)
     short = {"bfloat16": "bf16", "float32": "fp32"}[name]
@@ -167,8 +169,6 @@ def attach_lora(model, cfg: TrainConfig):
 
 
 def read_examples(path: Path, tokenizer, cfg: TrainConfig) -> tuple[list[Encoded], int]:
-    from candor.prompts import is_refusal
-
     if not path.exists():
         raise NotFoundError(f"training data not found: {path} (run `candor finetune build-data`)")
     encoded, dropped = [], 0
@@ -212,8 +212,6 @@ def compute_loss(model, batch, cfg: TrainConfig, teacher_swap=None):
     """CE on answer tokens (+ λ·KL to the teacher on the selected answer tokens)."""
     import torch
     import torch.nn.functional as F
-
-    from candor.finetune.distill import kl_loss
 
     ids, mask, labels, answerable = batch
     # position t predicts token t+1: positions whose *next* label is set
@@ -317,9 +315,6 @@ def save_adapter(model, path: Path, cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, settings, resume: bool = True, progress: bool = True) -> dict:
     """Run (or resume) training; returns the summary also written to ``train_summary.json``."""
-    from candor.hardware import resolve_dtype
-    from candor.settings import apply_thread_settings
-
     apply_thread_settings(cfg.torch_threads)
     import torch
     from tqdm import tqdm

@@ -34,8 +34,11 @@ from pathlib import Path
 
 from candor.answerability import FORMAT, WEIGHTS_FILE, VerifierMeta, describe_base_model, load_classifier
 from candor.errors import InvalidInputError
+from candor.finetune.dataset import split_articles
+from candor.finetune.metrics import Scored, auroc, choose_threshold
 from candor.finetune.squad import Corpus, Question
 from candor.hardware import auto_float_dtype
+from candor.settings import apply_thread_settings
 
 log = logging.getLogger("candor.finetune.verifier")
 
@@ -171,8 +174,6 @@ def score_pairs(model, tokenizer, pairs: list[Pair], max_length: int, batch_size
 
 def validation_report(pairs: list[Pair], probs: list[float]) -> dict:
     """AUROC of 1 - p as a refusal score, and the minimax threshold, on the validation pairs."""
-    from candor.finetune.metrics import Scored, auroc, choose_threshold
-
     scored = [Scored(p.label == 0, False, 1.0 - pr, 0.0, 0.0, p.kind) for p, pr in zip(pairs, probs, strict=True)]
     threshold, point = choose_threshold(scored, "minimax")
     return {
@@ -228,9 +229,6 @@ def train_verifier(
     """Train, validate on the held-out articles, write the verifier folder; returns the summary."""
     import torch
     from tqdm import tqdm
-
-    from candor.finetune.dataset import split_articles
-    from candor.settings import apply_thread_settings
 
     apply_thread_settings(cfg.torch_threads)
     random.seed(cfg.seed)

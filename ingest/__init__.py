@@ -1,4 +1,5 @@
-"""Ingest: document loaders, the ingestion pipeline, the Chroma store and the retriever.
+"""Ingest (layer 2, stores and clients): document loaders, the ingestion pipeline, the Chroma store and
+the retriever.
 
 Modules: ``loaders`` (files -> documents), ``documents`` (the document model),
 ``chunking`` (llama-index splitter, embedder, vector store), ``embedder`` (the

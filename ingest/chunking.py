@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from candor.ingest.documents import SourceDocument
+from candor.ingest.embedder import get_embed_model, prepare_environment, token_counter
 from candor.ingest.fingerprint import Fingerprint
 from candor.ingest.manifest import chunk_id
 from candor.settings import Settings
@@ -51,8 +52,6 @@ def to_llama_document(doc: SourceDocument) -> Document:
 
 
 def build_splitter(settings: Settings, fingerprint: Fingerprint) -> SentenceSplitter:
-    from candor.ingest.embedder import prepare_environment, token_counter
-
     prepare_environment(settings)
     from llama_index.core.node_parser import SentenceSplitter
 
@@ -71,8 +70,6 @@ def build_splitter(settings: Settings, fingerprint: Fingerprint) -> SentenceSpli
 
 def build_ingestion_pipeline(settings: Settings, collection: Collection, fingerprint: Fingerprint) -> IngestionPipeline:
     """Split, embed (the local model) and add to Chroma with the embeddings: Chroma never embeds."""
-    from candor.ingest.embedder import get_embed_model
-
     embed_model = get_embed_model(settings)
     from llama_index.core.ingestion import IngestionPipeline
     from llama_index.vector_stores.chroma import ChromaVectorStore

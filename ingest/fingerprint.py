@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from candor.ingest.embedder import effective_chunking, model_info
 from candor.settings import Settings
 
 FORMAT = 1  # bump when the chunk layout (ids, metadata, embedded text) changes
@@ -62,8 +63,6 @@ class Fingerprint:
 
 
 def current_fingerprint(settings: Settings) -> Fingerprint:
-    from candor.ingest.embedder import effective_chunking, model_info
-
     info = model_info(settings)
     size, overlap = effective_chunking(settings)
     return Fingerprint(embed_model=info.model_id, embed_dim=info.dimension, chunk_size=size, chunk_overlap=overlap)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from candor.ingest.store import iter_ids
+
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
@@ -137,8 +139,6 @@ class Manifest:
         self.collection = collection
 
     def entries(self) -> dict[str, ManifestEntry]:
-        from candor.ingest.store import iter_ids
-
         return {
             e.doc_id: e for e in (ManifestEntry.from_metadata(m) for _, m in iter_ids(self.collection, {"kind": "doc"}))
         }
@@ -156,8 +156,6 @@ class Manifest:
         return len(self.collection.get(where={"kind": "doc"}, include=[])["ids"])
 
     def pending(self) -> list[PendingEntry]:
-        from candor.ingest.store import iter_ids
-
         return [
             PendingEntry(
                 doc_id=str(m["doc_id"]),

@@ -18,6 +18,7 @@ from typing import Any
 from candor.errors import ConflictError, InvalidInputError
 from candor.ingest import store
 from candor.ingest.chunking import FILE_KEY, HASH_KEY, SOURCE_KEY, TITLE_KEY
+from candor.ingest.embedder import get_embed_model, model_info
 from candor.ingest.fingerprint import Fingerprint
 from candor.settings import Settings
 
@@ -51,8 +52,6 @@ class Retriever:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    from candor.ingest.embedder import get_embed_model, model_info
-
                     self._model_id = model_info(self.settings).model_id
                     self._model = get_embed_model(self.settings)
         return self._model.get_query_embedding(query)  # encode calls take turns (embedder.ENCODE_LOCK)

@@ -15,7 +15,6 @@ already running keep the weights they started with.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -24,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from candor.adapter_version import adapter_version
 from candor.errors import InvalidInputError
+from candor.hardware import resolve_dtype
+from candor.model_server.model_prep import read_model_identity
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +116,6 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def adapter_version(path: Path) -> str:
-    """A short content hash of the adapter's config and weights."""
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        with open(path / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def _normalise_model_name(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1].strip().lower()
 
@@ -135,8 +127,6 @@ def base_model_matches(claim: str, base_path: Path, base_model_id: str) -> bool:
     identifies as the same model (Candor's prepare marker), or a hub-style id
     whose last part equals the served model id's (``HuggingFaceTB/SmolLM2-135M-Instruct``).
     """
-    from candor.model_server.model_prep import read_model_identity
-
     claimed = Path(claim).expanduser()
     try:
         if claimed.exists() and claimed.resolve() == base_path.resolve():
@@ -176,8 +166,6 @@ def load_dtype(name: str) -> Any:
     as int8 integers would truncate them silently.
     """
     import torch
-
-    from candor.hardware import resolve_dtype
 
     name = resolve_dtype(name)
     if name == INT8:

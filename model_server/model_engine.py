@@ -34,14 +34,20 @@ from typing import Any
 from candor.errors import CandorError, InvalidInputError, UnavailableError
 from candor.model_server.adapters import (
     DEFAULT_ADAPTER_NAME,
+    INT8,
     AdapterError,
     AdapterInfo,
     AdapterSpec,
+    build_merged_model,
+    finish_model,
     inspect_adapter,
+    load_dtype,
     parse_adapter_specs,
 )
+from candor.model_server.decode_attention import register_decode_attention
 from candor.model_server.model_prep import is_model_dir, read_model_identity
-from candor.settings import Settings
+from candor.model_server.token_text import IncrementalDetokenizer, find_stop
+from candor.settings import Settings, apply_thread_settings
 
 log = logging.getLogger(__name__)
 
@@ -265,13 +271,8 @@ class ModelEngine:
         log.info("model %s ready (%s, adapters: %s)", self.model_id, self.dtype, sorted(self._adapters))
 
     def _load_base(self) -> None:
-        from candor.settings import apply_thread_settings
-
         apply_thread_settings(self.settings.model_server_threads)
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from candor.model_server.adapters import INT8, finish_model, load_dtype
-        from candor.model_server.decode_attention import register_decode_attention
 
         name = self.settings.model_dtype
         self.dtype = name if name == INT8 else load_dtype(name)  # "int8": float32 weights, then quantized
@@ -295,9 +296,6 @@ class ModelEngine:
         self._base = _Served(model=model, info=None)
 
     def _build_adapter(self, spec: AdapterSpec, info: AdapterInfo) -> _Served:
-        from candor.model_server.adapters import build_merged_model
-        from candor.model_server.decode_attention import register_decode_attention
-
         assert self._base is not None
         started = time.perf_counter()
         model = build_merged_model(self.base_path, spec.path, self.settings.model_dtype, register_decode_attention())
@@ -491,7 +489,6 @@ class ModelEngine:
     def _start_row(self, pending: _Pending, last_logits: Any, prompt_logits: Any | None) -> _Row | None:
         """A prefilled request's row, its first token chosen and sent; None if that failed (the client is told)."""
         from candor.model_server.sampling import TokenChooser
-        from candor.model_server.token_text import IncrementalDetokenizer
 
         job = pending.job
         try:
@@ -567,8 +564,6 @@ class ModelEngine:
 
     def _advance(self, row: _Row, logits: Any) -> None:
         """Choose the row's next token, send its event, and decide whether it is done."""
-        from candor.model_server.token_text import find_stop
-
         job = row.pending.job
         choice = row.chooser.choose(logits)
         row.chooser.observe(choice.token_id)

@@ -4,7 +4,7 @@ Why by hash: a version is what the weights are, not where a run happened to
 write them, so the same adapter registered twice is one version, and the
 answer log's ``adapter_version`` names exactly the weights that answered. The
 key is ``adapter_version`` (sha256 of adapter_config.json + the safetensors
-weights, 16 hex digits: the model server's own definition); the full sha256
+weights, 16 hex digits: ``candor.adapter_version``, the model server's too); the full sha256
 of adapter_model.safetensors is kept beside it.
 
 Layout under ``DATA_DIR/adapters`` (``settings.adapter_registry_dir``)::
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import fcntl
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from candor.adapter_version import adapter_version, files_sha256
 from candor.errors import ConflictError, InvalidInputError, NotFoundError
 from candor.settings import Settings
 
@@ -45,7 +45,6 @@ CONFIG = "adapter_config.json"
 META = "candor_adapter.json"
 CARD = "README.md"
 LINEAGE_HEADING = "## Candor lineage"
-VERSION_CHARS = 16
 
 
 def _now() -> str:
@@ -59,31 +58,9 @@ def _who() -> str:
         return "unknown"
 
 
-def _digest(adapter_dir: Path, names: tuple[str, ...]) -> str:
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / WEIGHTS).is_file() or not (adapter_dir / CONFIG).is_file():
-        raise InvalidInputError(f"{adapter_dir} is not a PEFT adapter directory (needs {CONFIG} and {WEIGHTS})")
-    h = hashlib.sha256()
-    for name in names:
-        with (adapter_dir / name).open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def adapter_sha256(adapter_dir: Path) -> str:
     """sha256 of the adapter's weights file."""
-    return _digest(adapter_dir, (WEIGHTS,))
-
-
-def adapter_version(adapter_dir: Path) -> str:
-    """The version id: sha256 over adapter_config.json then the weights, first 16 hex digits.
-
-    The same definition as the model server's (``candor.model_server.adapters.adapter_version``), so
-    the version the server reports, the one the answer log records and the registry's key are one
-    string. The config is included because it changes behaviour too (``lora_alpha`` scales the weights).
-    """
-    return _digest(adapter_dir, (CONFIG, WEIGHTS))[:VERSION_CHARS]
+    return files_sha256(adapter_dir, (WEIGHTS,))
 
 
 @dataclass

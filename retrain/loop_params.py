@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from candor.data_source import data_split
 from candor.errors import InvalidInputError
+from candor.finetune.params import load_params
 
 if TYPE_CHECKING:
     from candor.settings import Settings
@@ -188,8 +190,6 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    from candor.finetune.params import load_params
-
     return load_params(Path(path))
 
 
@@ -235,8 +235,6 @@ def loop_params(params: dict[str, Any]) -> LoopParams:
 def squad_source(params: dict[str, Any], settings: Settings | None = None) -> tuple[Path, str]:
     """Where the base data comes from: the fine-tuning builder's own split, read from ``build_data.source``
     when params set it, else from CANDOR_DATA_SOURCE (``candor.data_source``)."""
-    from candor.data_source import data_split
-
     bd = params.get("build_data") or {}
     split = str(bd.get("split") or "train")
     return data_split(split, bd.get("source"), settings), split

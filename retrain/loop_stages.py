@@ -23,9 +23,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from candor.adapter_version import adapter_version
+from candor.data_source import split_files
 from candor.errors import ConflictError, NotFoundError
-from candor.retrain.loop_params import LoopParams, LoopPaths, loop_params
-from candor.retrain.pairs import read_jsonl, write_json, write_jsonl
+from candor.feedback.store import AnswerStore
+from candor.finetune.params import train_config as ft_config
+from candor.jsonl import read_jsonl, write_json, write_jsonl
+from candor.retrain.adapters import AdapterRegistry, ensure_current
+from candor.retrain.gate import decide as gate_decision
+from candor.retrain.loop_eval import evaluate as evaluate_adapters
+from candor.retrain.loop_params import LoopParams, LoopPaths, loop_params, squad_source
+from candor.retrain.loop_train import train_from
+from candor.retrain.mix import prepare as mix
+from candor.retrain.pairs import build_pairs as build
+from candor.retrain.poisoning import read_flags, screen_flags
 from candor.settings import Settings
 
 log = logging.getLogger("candor.retrain.loop")
@@ -51,9 +62,6 @@ def export_inputs(settings: Settings, paths: LoopPaths) -> dict[str, Any]:
     Both files change only when their content does (the export is byte-stable),
     so ``dvc repro`` reruns the pipeline only for new flags or a new baseline.
     """
-    from candor.feedback.store import AnswerStore
-    from candor.retrain.adapters import AdapterRegistry, ensure_current
-
     registry = AdapterRegistry.for_settings(settings)
     current = ensure_current(settings, registry)
     store = AnswerStore(settings)
@@ -89,9 +97,6 @@ def export_base_data(
     naming CANDOR_DATA_SOURCE, raised before DVC starts. A relative ``build_data.source`` is
     relative to the ``workspace`` (DVC's working directory).
     """
-    from candor.data_source import split_files
-    from candor.retrain.loop_params import squad_source
-
     bd = dict(params.get("build_data") or {})
     if bd.get("source"):
         bd["source"] = str(Path(workspace) / Path(bd["source"]).expanduser())
@@ -125,8 +130,6 @@ def with_base_data(params: dict[str, Any], paths: LoopPaths) -> dict[str, Any]:
 
 
 def screen(params: dict[str, Any]) -> dict[str, Any]:
-    from candor.retrain.poisoning import read_flags, screen_flags
-
     lp, paths = paths_for(params)
     if not paths.export.exists():
         raise NotFoundError(f"{paths.export} not found: `candor retrain` (or `candor loop export`) writes it first")
@@ -138,8 +141,6 @@ def screen(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pairs(params: dict[str, Any]) -> dict[str, Any]:
-    from candor.retrain.pairs import build_pairs as build
-
     lp, paths = paths_for(params)
     result = build(read_jsonl(paths.flags), lp.pairs.support_min_recall)
     write_jsonl(paths.pairs, result.pairs)
@@ -149,8 +150,6 @@ def build_pairs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(params: dict[str, Any]) -> dict[str, Any]:
-    from candor.retrain.mix import prepare as mix
-
     lp, paths = paths_for(params)
     rows, stats = mix(with_base_data(params, paths), read_jsonl(paths.pairs), lp.mix)
     write_jsonl(paths.train_data, rows)
@@ -160,8 +159,6 @@ def prepare(params: dict[str, Any]) -> dict[str, Any]:
 
 def train_config(params: dict[str, Any]) -> Any:
     """The `train` section with the loop's overrides, reading the mixed set and writing train/."""
-    from candor.finetune.params import train_config as ft_config
-
     lp, paths = paths_for(params)
     overrides = dict(lp.train)
     overrides.update(train_file=str(paths.train_data), output_dir=str(paths.train_dir))
@@ -169,8 +166,6 @@ def train_config(params: dict[str, Any]) -> Any:
 
 
 def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> dict[str, Any]:
-    from candor.retrain.loop_train import train_from
-
     lp, paths = paths_for(params)
     baseline = _read_json(paths.baseline)
     init = Path(baseline["path"]) if baseline.get("path") else None
@@ -181,10 +176,8 @@ def train(params: dict[str, Any], settings: Settings, progress: bool = True) -> 
 
 
 def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    from candor.retrain.loop_eval import evaluate as run
-
     lp, paths = paths_for(params)
-    metrics = run(
+    metrics = evaluate_adapters(
         with_base_data(params, paths),
         lp,
         settings,
@@ -200,13 +193,10 @@ def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The gate's decision; a passing candidate is registered (with lineage) and made current."""
-    from candor.retrain.adapters import AdapterRegistry, adapter_version
-    from candor.retrain.gate import decide
-
     lp, paths = paths_for(params)
     metrics = _read_json(paths.metrics)
     baseline = _read_json(paths.baseline)
-    decision = decide(metrics, lp.gate)
+    decision = gate_decision(metrics, lp.gate)
     decision["candidate_version"] = adapter_version(paths.adapter)
     decision["baseline_version"] = baseline.get("version")
     decision["promoted"] = False

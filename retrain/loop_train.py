@@ -31,6 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.finetune import train as ft
+from candor.finetune.collate import length_grouped_batches, pad_batch
+from candor.finetune.distill import kl_loss
+from candor.finetune.train import head_logits
+from candor.hardware import resolve_dtype
+from candor.settings import apply_thread_settings
 
 log = logging.getLogger("candor.retrain.loop_train")
 
@@ -79,9 +85,6 @@ def loop_loss(model: Any, batch: Any, cfg: Any, teacher: Any, base_ce_weight: fl
     import torch
     import torch.nn.functional as F
 
-    from candor.finetune.distill import kl_loss
-    from candor.finetune.train import head_logits
-
     ids, mask, labels, base_row = batch
     target = labels[:, 1:]
     pos = (target != -100).nonzero()
@@ -114,16 +117,10 @@ def train_from(
     base_ce_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Train ``cfg`` (a ``candor.finetune.train.TrainConfig``) starting from ``init_adapter``."""
-    from candor.settings import apply_thread_settings
-
     apply_thread_settings(cfg.torch_threads)
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer
-
-    from candor.finetune import train as ft
-    from candor.finetune.collate import length_grouped_batches, pad_batch
-    from candor.hardware import resolve_dtype
 
     out = Path(cfg.output_dir)
     shutil.rmtree(out, ignore_errors=True)  # a stage output: always rebuilt whole

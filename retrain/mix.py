@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from candor.errors import InvalidInputError
+from candor.finetune.dataset import build_examples, split_articles
+from candor.finetune.params import build_config
+from candor.finetune.squad import load_squad
 from candor.prompts import normalize_text
 from candor.retrain.loop_params import MixParams, squad_source
 
@@ -42,10 +45,6 @@ def base_examples(params: dict[str, Any], n: int, exclude_questions: set[str], s
     """``n`` examples from the fine-tuning builder over the training articles (not the validation ones)."""
     if n <= 0:
         return []
-    from candor.finetune.dataset import build_examples, split_articles
-    from candor.finetune.params import build_config
-    from candor.finetune.squad import load_squad
-
     source, split = squad_source(params)
     corpus = load_squad(source, split)
     cfg = build_config(params)

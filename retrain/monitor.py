@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from candor.feedback.store import AnswerStore
+from candor.retrain.adapters import AdapterRegistry
 from candor.retrain.loop_params import MonitorParams
 
 
@@ -75,9 +77,6 @@ def adapter_health(
 
 def check_health(settings: Any, params: MonitorParams) -> dict[str, Any]:
     """Live rates from the answer log for the registry's current and previous versions."""
-    from candor.feedback.store import AnswerStore
-    from candor.retrain.adapters import AdapterRegistry
-
     registry = AdapterRegistry.for_settings(settings)
     cur, prev = registry.current(), registry.previous()
     store = AnswerStore(settings)

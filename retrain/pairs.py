@@ -28,14 +28,12 @@ confirmed. Pure Python.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, build_messages, is_refusal
+from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, build_messages, is_refusal, normalize_text
 from candor.retrain.support import Support, correction_support
 
 REFUSAL_PAIR = "feedback_refusal"
@@ -55,8 +53,6 @@ class FlagTarget:
     @property
     def key(self) -> tuple[str, str | None]:
         """Comparable form for duplicate and conflict detection."""
-        from candor.prompts import normalize_text
-
         return (self.expect, normalize_text(self.reference) if self.reference else None)
 
 
@@ -169,27 +165,3 @@ def build_pairs(rows: Sequence[dict[str, Any]], min_recall: float = 0.8) -> Pair
         "flag_ids": [p["flag_id"] for p in pairs],
     }
     return PairsResult(pairs, regression, stats)
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Atomic, byte-stable JSONL (sorted keys), so DVC sees a change only when the content changed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

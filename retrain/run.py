@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import CandorError, ConflictError
+from candor.jsonl import write_json
+from candor.retrain.adapters import AdapterRegistry
+from candor.retrain.hot_swap import hot_swap
 from candor.retrain.loop_params import LoopPaths, loop_params, read_params
+from candor.retrain.loop_stages import export_base_data, export_inputs
+from candor.retrain.monitor import check_health
+from candor.retrain.runs import now_iso, record_run
 from candor.settings import Settings
 
 log = logging.getLogger("candor.retrain.run")
@@ -117,8 +123,6 @@ def retrain(
 ) -> dict[str, Any]:
     """Run the loop once; returns a summary (status, decision, serving record). Every run that got the lock
     is recorded, whatever its outcome, in the runs record (``runs.py``: `GET /v1/retrain/runs`)."""
-    from candor.retrain.runs import now_iso, record_run
-
     started, summary = now_iso(), {}
     try:
         _retrain(settings, workspace, swap, force, echo, summary)
@@ -139,12 +143,6 @@ def _retrain(
     echo: Callable[[str], None],
     summary: dict[str, Any],
 ) -> dict[str, Any]:
-    from candor.retrain.adapters import AdapterRegistry
-    from candor.retrain.hot_swap import hot_swap
-    from candor.retrain.loop_stages import export_base_data, export_inputs
-    from candor.retrain.monitor import check_health
-    from candor.retrain.pairs import write_json
-
     workspace = Path(workspace).resolve()
     params = read_params(workspace / "params.yaml")
     lp = loop_params(params)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from candor.retrain.adapters import AdapterRegistry
 from candor.settings import Settings
 
 RUNS_FILE = "runs.jsonl"
@@ -26,8 +27,6 @@ def now_iso() -> str:
 
 
 def runs_path(settings: Settings) -> Path:
-    from candor.retrain.adapters import AdapterRegistry
-
     return AdapterRegistry.for_settings(settings).root / RUNS_FILE
 
 

@@ -25,6 +25,7 @@ from candor.reader import Evidence, PassageReader
 from candor.refusal_score import refusal_confidence
 from candor.service import refusal_policy as policy
 from candor.service.injection import strip_injections
+from candor.service.protocols import LLM, AnswerLog, Renderer, RetrievedChunk, Retriever
 from candor.settings import Settings
 
 log = logging.getLogger("candor.answering")
@@ -79,9 +80,9 @@ class _Prepared:
     request: AnswerRequest
     started: float
     retrieval_ms: float
-    retrieved: list[Any]  # RetrievedChunk, in rank order
+    retrieved: list[RetrievedChunk]  # in rank order
     gate: policy.GateDecision
-    used: list[Any] = field(default_factory=list)  # chunks that made it into the prompt
+    used: list[RetrievedChunk] = field(default_factory=list)  # chunks that made it into the prompt
     contexts: list[str] = field(default_factory=list)  # their texts as sent (maybe trimmed)
     history: list[dict[str, str]] = field(default_factory=list)
     query: str = ""
@@ -101,7 +102,7 @@ def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
     return " ".join([*earlier, question]).strip()
 
 
-def _citation(chunk: Any, snippet_chars: int = 300) -> dict[str, Any]:
+def _citation(chunk: RetrievedChunk, snippet_chars: int = 300) -> dict[str, Any]:
     # The snippet shows the passage as the model saw it: sentences the injection filter dropped from the
     # prompt are not relayed to clients either. The filter is phrase-based, so a snippet is still untrusted
     # document text (docs/deploy.md, "Citations are untrusted text").
@@ -132,7 +133,7 @@ def _evidence_out(prep: _Prepared) -> dict[str, Any] | None:
     }
 
 
-def _chunk_log(chunk: Any, sent_text: str | None, ev: Evidence | None = None) -> dict[str, Any]:
+def _chunk_log(chunk: RetrievedChunk, sent_text: str | None, ev: Evidence | None = None) -> dict[str, Any]:
     return {
         "chunk_id": chunk.chunk_id,
         "doc_id": chunk.doc_id,
@@ -157,10 +158,10 @@ class AnswerEngine:
     def __init__(
         self,
         settings: Settings,
-        retriever: Any,
-        llm: Any,
-        renderer: Any,
-        store: Any,
+        retriever: Retriever,
+        llm: LLM,
+        renderer: Renderer,
+        store: AnswerLog,
         answerability: PassageReader | None = None,
         *,
         layers: frozenset[str] = ALL_LAYERS,

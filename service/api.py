@@ -24,13 +24,19 @@ from candor.errors import InvalidInputError, NotFoundError
 from candor.feedback.store import AnswerStore
 from candor.ingest.retriever import Retriever
 from candor.reader import AnswerabilityReader, PassageReader
-from candor.service.answering import AnswerEngine
+from candor.service import (
+    routes_answers,
+    routes_chat,
+    routes_collections,
+    routes_openai,
+    routes_ops,
+    routes_review,
+    routes_web,
+)
 from candor.service.chat_template import PromptRenderer
 from candor.service.deps import Services
 from candor.service.errors import RequestId, install_error_handlers
 from candor.service.llm_client import LLMClient
-from candor.service.metrics import ApiMetrics
-from candor.service.rate_limit import RateLimiter
 from candor.settings import Settings, apply_thread_settings, get_settings
 
 log = logging.getLogger("candor.api")
@@ -129,17 +135,7 @@ def build_services(settings: Settings) -> Services:
     retriever = Retriever(settings)
     llm = LLMClient(settings)
     renderer = PromptRenderer(settings.resolved_tokenizer_path)
-    engine = AnswerEngine(settings, retriever, llm, renderer, store, load_answerability(settings))
-    return Services(
-        settings=settings,
-        store=store,
-        retriever=retriever,
-        llm=llm,
-        renderer=renderer,
-        engine=engine,
-        limiter=RateLimiter(settings.rate_limit_per_minute),
-        metrics=ApiMetrics(),
-    )
+    return Services.assemble(settings, store, retriever, llm, renderer, load_answerability(settings))
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -167,16 +163,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     install_error_handlers(app)
-
-    from candor.service import (
-        routes_answers,
-        routes_chat,
-        routes_collections,
-        routes_openai,
-        routes_ops,
-        routes_review,
-        routes_web,
-    )
 
     for module in (routes_chat, routes_openai, routes_answers, routes_collections, routes_ops, routes_review):
         app.include_router(module.router)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 from fastapi import Depends, HTTPException, Request, status
 
+from candor.feedback.store import AnswerStore
+from candor.ingest.retriever import Retriever
+from candor.reader import PassageReader
+from candor.service.answering import AnswerEngine
 from candor.service.auth import ANONYMOUS_ADMIN, Principal, presented_key
+from candor.service.chat_template import PromptRenderer
+from candor.service.llm_client import LLMClient
 from candor.service.metrics import ApiMetrics
 from candor.service.rate_limit import RateLimiter
 from candor.settings import Settings
@@ -23,13 +29,28 @@ class Services:
     """What the routes need, built once per process in the app's lifespan."""
 
     settings: Settings
-    store: Any
-    retriever: Any
-    llm: Any
-    renderer: Any
-    engine: Any
+    store: AnswerStore
+    retriever: Retriever
+    llm: LLMClient
+    renderer: PromptRenderer
+    engine: AnswerEngine
     limiter: RateLimiter
     metrics: ApiMetrics
+
+    @classmethod
+    def assemble(
+        cls,
+        settings: Settings,
+        store: AnswerStore,
+        retriever: Retriever,
+        llm: LLMClient,
+        renderer: PromptRenderer,
+        answerability: PassageReader | None = None,
+    ) -> Services:
+        """The services over these collaborators: the answer engine, a rate limiter and fresh metrics."""
+        engine = AnswerEngine(settings, retriever, llm, renderer, store, answerability)
+        limiter = RateLimiter(settings.rate_limit_per_minute)
+        return cls(settings, store, retriever, llm, renderer, engine, limiter, ApiMetrics())
 
 
 def get_services(request: Request) -> Services:

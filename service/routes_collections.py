@@ -7,6 +7,8 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path
 
+from candor.ingest.collections import list_collections as _list
+from candor.ingest.pipeline import delete_documents, ingest_documents
 from candor.service.deps import AdminDep, PrincipalDep, ServicesDep
 from candor.service.schemas import COLLECTION_PATTERN, DocumentsIn
 
@@ -17,16 +19,12 @@ CollectionName = Annotated[str, Path(pattern=COLLECTION_PATTERN)]
 
 @router.get("/v1/collections", summary="Collections this key may use")
 async def list_collections(principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
-    from candor.ingest.collections import list_collections as _list
-
     names = await anyio.to_thread.run_sync(_list, services.settings)
     return {"collections": [n for n in names if principal.can_use(n)]}
 
 
 @router.post("/v1/collections/{name}/documents", status_code=201, summary="Add or replace documents (admin)")
 async def add_documents(name: CollectionName, body: DocumentsIn, principal: AdminDep, services: ServicesDep):
-    from candor.ingest.pipeline import ingest_documents
-
     principal.require_collection(name)
     docs = [d.model_dump() for d in body.documents]
     report = await anyio.to_thread.run_sync(ingest_documents, services.settings, name, docs)
@@ -35,8 +33,6 @@ async def add_documents(name: CollectionName, body: DocumentsIn, principal: Admi
 
 @router.delete("/v1/collections/{name}/documents/{doc_id:path}", summary="Delete one document (admin)")
 async def delete_document(name: CollectionName, doc_id: str, principal: AdminDep, services: ServicesDep):
-    from candor.ingest.pipeline import delete_documents
-
     principal.require_collection(name)
     deleted = await anyio.to_thread.run_sync(delete_documents, services.settings, name, [doc_id])
     return {"collection": name, "deleted": deleted}

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from candor.errors import CandorError, InvalidInputError
+from candor.ingest.collections import list_collections
 from candor.service.answering import AnswerRequest
 from candor.service.deps import PrincipalDep, ServicesDep
 from candor.service.errors import error_payload, request_id_of
@@ -127,8 +128,6 @@ async def chat_completions(body: OAIChatRequest, principal: PrincipalDep, servic
 
 @router.get("/v1/models", summary="Collections, as OpenAI models")
 async def list_models(principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
-    from candor.ingest.collections import list_collections
-
     names = await anyio.to_thread.run_sync(list_collections, services.settings)
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "candor"} for n in names if principal.can_use(n)]
     return {"object": "list", "data": data}

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from candor.errors import CandorError
+from candor.ingest.store import check_chroma
 from candor.service.deps import ServicesDep, get_principal
 
 log = logging.getLogger("candor.api")
@@ -42,8 +43,6 @@ async def _check(name: str, fn: Any, is_async: bool = False) -> str:
 
 @router.get("/readyz", summary="Chroma, the database and the model server all answer")
 async def readyz(services: ServicesDep) -> JSONResponse:
-    from candor.ingest.store import check_chroma
-
     checks = {
         "chroma": await _check("chroma", lambda: check_chroma(services.settings)),
         "database": await _check("database", services.store.ping),

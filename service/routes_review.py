@@ -14,6 +14,9 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from candor.errors import CandorError, NotFoundError
+from candor.retrain.adapters import AdapterRegistry
+from candor.retrain.hot_swap import hot_swap
+from candor.retrain.runs import read_runs
 from candor.service.auth import Principal
 from candor.service.deps import AdminDep, ServicesDep
 from candor.text import StoredText
@@ -130,15 +133,11 @@ async def review_flags(body: ReviewRequest, principal: AdminDep, services: Servi
 async def retrain_runs(
     principal: AdminDep, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
 ) -> dict[str, Any]:
-    from candor.retrain.runs import read_runs
-
     require_global_admin(principal)
     return {"runs": await anyio.to_thread.run_sync(read_runs, services.settings, limit)}
 
 
 def _registry(services: Any) -> Any:
-    from candor.retrain.adapters import AdapterRegistry
-
     return AdapterRegistry.for_settings(services.settings)
 
 
@@ -179,8 +178,6 @@ async def list_adapters(principal: AdminDep, services: ServicesDep) -> dict[str,
 
 
 async def _swap(services: Any, registry: Any, version: str) -> dict[str, Any]:
-    from candor.retrain.hot_swap import hot_swap
-
     try:
         record = await anyio.to_thread.run_sync(hot_swap, services.settings, registry, version)
     except CandorError as exc:

@@ -20,9 +20,9 @@ import candor.data_source as data_source
 from candor.cli.main import main
 from candor.data_source import data_split, resolve_data_source, split_files
 from candor.finetune.squad import load_squad
+from candor.jsonl import write_jsonl
 from candor.retrain.loop_params import LoopPaths, read_params
 from candor.retrain.loop_stages import export_base_data
-from candor.retrain.pairs import write_jsonl
 from candor.retrain.run import run_dvc
 from candor.settings import SettingsError, get_settings
 

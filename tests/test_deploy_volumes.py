@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.core import serving, tiny_peft_llama
 from safetensors.numpy import save_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_port():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
+    with serving(_Handler) as server:
+        yield server.server_address[1]
     server.server_close()
 
 
@@ -195,20 +192,7 @@ def test_check_adapter_command_prints_the_version_hash(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_an_adapter_saved_by_peft_passes_the_checks(tmp_path: Path) -> None:
     """The checks read PEFT's real output, not only files made to look like it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules="all-linear"))
+    model = tiny_peft_llama(16, 1, 2, r=8, target_modules="all-linear")
     model.save_pretrained(tmp_path / "peft")
     info = volumes.inspect_adapter(tmp_path / "peft")
     assert info.rank == 8

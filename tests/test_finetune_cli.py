@@ -132,11 +132,8 @@ def test_eval_bad_input_is_a_clear_error(settings, tmp_path: Path, capsys) -> No
     assert "unknown keys" in capsys.readouterr().err
 
 
-def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path, monkeypatch) -> None:
-    """RAG mode: the paragraphs are ingested, each question goes through retrieval and the service's answer
-    core to a real model server over HTTP, and every answer is logged and split by retrieval outcome."""
-    import sqlite3
-
+def _rag_params(tmp_path: Path, ft_base_model: Path, monkeypatch, rag: dict) -> Path:
+    """params.yaml for `candor eval --mode rag` over a tiny SQuAD (3 train + 2 dev articles)."""
     from candor.settings import get_settings
 
     monkeypatch.setenv("CANDOR_BASE_MODEL_PATH", str(ft_base_model))
@@ -145,8 +142,17 @@ def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path,
     write_tiny_squad(src, "dev", n_articles=2, first=3)
     params = _params(tmp_path, ft_base_model, src, tmp_path / "data")
     p = yaml.safe_load(params.read_text())
-    p["eval"]["rag"] = {"collection": "tiny-eval", "top_k": 2, "concurrency": 2, "also_ingest": ["train"]}
+    p["eval"]["rag"] = {"collection": "tiny-eval", "top_k": 2, "concurrency": 2, **rag}
     params.write_text(yaml.safe_dump(p))
+    return params
+
+
+def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path, monkeypatch) -> None:
+    """RAG mode: the paragraphs are ingested, each question goes through retrieval and the service's answer
+    core to a real model server over HTTP, and every answer is logged and split by retrieval outcome."""
+    import sqlite3
+
+    params = _rag_params(tmp_path, ft_base_model, monkeypatch, {"also_ingest": ["train"]})
 
     out = tmp_path / "rag" / "eval.json"
     code = main(["eval", "--params", str(params), "--mode", "rag", "-m", "base", "--out", str(out), "--no-progress"])
@@ -170,16 +176,8 @@ def test_eval_rag_mode_end_to_end(ft_base_model: Path, settings, tmp_path: Path,
 def test_eval_rag_mode_with_the_verifier(ft_base_model: Path, settings, tmp_path: Path, monkeypatch, tiny_verifier):
     """RAG mode with --verifier: the answer core scores the fitted passages; its threshold is the verifier's."""
     from candor.answerability import VerifierMeta
-    from candor.settings import get_settings
 
-    monkeypatch.setenv("CANDOR_BASE_MODEL_PATH", str(ft_base_model))
-    get_settings.cache_clear()
-    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=3)
-    write_tiny_squad(src, "dev", n_articles=2, first=3)
-    params = _params(tmp_path, ft_base_model, src, tmp_path / "data")
-    p = yaml.safe_load(params.read_text())
-    p["eval"]["rag"] = {"collection": "tiny-eval", "top_k": 2, "concurrency": 2, "thresholds": {"base": 0.5}}
-    params.write_text(yaml.safe_dump(p))
+    params = _rag_params(tmp_path, ft_base_model, monkeypatch, {"thresholds": {"base": 0.5}})
     out = tmp_path / "rag" / "eval.json"
     args = ["eval", "--params", str(params), "--mode", "rag", "-m", "base", "--out", str(out), "--no-progress"]
     assert main([*args, "--verifier", str(tiny_verifier)]) == 0

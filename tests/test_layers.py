@@ -153,3 +153,81 @@ def test_the_api_and_the_model_server_share_nothing():
         if {_room(a), _room(b)} == {"candor.service", "candor.model_server"}
     ]
     assert not crossing, "\n".join(crossing)
+
+
+# Libraries too slow to import at the top of a module that `candor --help`, the API or a loop stage loads.
+HEAVY = {"torch", "transformers", "chromadb", "llama_index", "peft", "sentence_transformers", "numpy", "safetensors"}
+# Light imports still made inside functions, in modules other engineers are changing now: hoist them next.
+KNOWN_LAZY = {
+    "candor.finetune.question_set_eval",
+    "candor.finetune.reader",
+    "candor.finetune.reader_eval",
+    "candor.retrain.reader_labels",
+    "candor.retrain.reader_loop",
+    "candor.retrain.readers",
+}
+
+
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """Statements run at import: the module's own, and those under a module-level if/try (TYPE_CHECKING)."""
+    out: list[ast.stmt] = []
+    for node in tree.body:
+        out.append(node)
+        if isinstance(node, ast.If | ast.Try):
+            out.extend(n for block in (node.body, node.orelse) for n in block)
+    return out
+
+
+def test_imports_inside_functions_are_for_heavy_libraries_only():
+    """A light module of ours is imported at the top, where a reader sees what depends on what; only the
+    CLI (which composes the fronts) and modules that pull in a heavy library are imported lazily."""
+    modules = _modules()
+    known = set(modules)
+    top = {}
+    for m, path in modules.items():
+        ours, others = set(), set()
+        for node in _module_level(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for name in names:
+                if name.startswith("candor"):
+                    while name and name not in known:
+                        name = name.rpartition(".")[0]
+                    if name and name != m:
+                        ours.add(name)
+                else:
+                    others.add(name.split(".")[0])
+        top[m] = (ours, others)
+
+    heavy: dict[str, bool] = {}
+
+    def is_heavy(m: str, seen: frozenset[str] = frozenset()) -> bool:
+        if m not in heavy:
+            ours, others = top[m]
+            heavy[m] = bool(others & HEAVY) or any(is_heavy(d, seen | {m}) for d in ours if d not in seen)
+        return heavy[m]
+
+    light_lazy = []
+    for m, deps in sorted(_graph().items()):
+        if m.startswith("candor.cli") or m in KNOWN_LAZY:
+            continue
+        for d in sorted(deps - top[m][0]):
+            if not is_heavy(d):
+                light_lazy.append(f"{m} imports {d} inside a function")
+    assert not light_lazy, "\n".join(light_lazy)
+
+
+def test_the_api_never_imports_the_trainer_or_the_model_server():
+    """The API process stays small: whatever it imports, lazily or not, reaches neither room."""
+    graph = _graph()
+    seen, todo = set(), ["candor.service.api"]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph[m])
+    assert not {m for m in seen if _room(m) in ("candor.finetune", "candor.model_server")}

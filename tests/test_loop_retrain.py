@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fixtures.core import REPO_ROOT
+from fixtures.core import REPO_ROOT, serving
 from fixtures.loop import write_adapter
 from fixtures.store import answer_record
 
@@ -125,11 +124,8 @@ class _NoAdmin(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def tgi_like_url():
-    server = HTTPServer(("127.0.0.1", 0), _NoAdmin)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(_NoAdmin) as server:
+        yield f"http://127.0.0.1:{server.server_port}"
 
 
 def test_swap_explains_a_server_without_runtime_adapters(settings, tmp_path, tgi_like_url) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fixtures.core import tiny_peft_llama
 
 from candor.finetune.train import TrainConfig
 
@@ -14,20 +15,8 @@ def tiny_peft():
 
     apply_thread_settings(1)
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-    )
-    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = tiny_peft_llama(32, 2, 4, r=4, target_modules=["q_proj", "v_proj"], max_position_embeddings=64)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -10,20 +10,12 @@ import signal
 
 import pytest
 from fixtures.api import COLLECTION, SharedModels, api_settings_for
+from fixtures.api import HANDBOOK_QUESTION as QUESTION
 from fixtures.ingest import start_chroma_server, stop_process
 from fixtures.model import free_port
 from reliability_helpers import harness_on
-from stub_model_server import running_stub
 
 pytestmark = pytest.mark.slow
-
-QUESTION = "Which embedding model does Candor use?"
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with running_stub() as server:
-        yield server
 
 
 def assert_503(resp, *words: str) -> str:
@@ -75,11 +67,8 @@ def test_chroma_server_killed_mid_run_is_503_and_readyz_names_it(tmp_path, stub,
 
 def _dead_database_services(tmp_path, handbook_chroma, llm_url, base_model_dir, shared, auth_disabled: bool):
     from candor.feedback.store import AnswerStore
-    from candor.service.answering import AnswerEngine
     from candor.service.deps import Services
     from candor.service.llm_client import LLMClient
-    from candor.service.metrics import ApiMetrics
-    from candor.service.rate_limit import RateLimiter
 
     dead = f"postgresql+psycopg://candor@127.0.0.1:{free_port()}/candor"
     settings = api_settings_for(
@@ -92,18 +81,7 @@ def _dead_database_services(tmp_path, handbook_chroma, llm_url, base_model_dir, 
         auth_disabled=auth_disabled,
     )
     store = AnswerStore(settings)  # no migrate: the database cannot be reached
-    llm = LLMClient(settings)
-    engine = AnswerEngine(settings, shared.retriever, llm, shared.renderer, store)
-    return settings, Services(
-        settings=settings,
-        store=store,
-        retriever=shared.retriever,
-        llm=llm,
-        renderer=shared.renderer,
-        engine=engine,
-        limiter=RateLimiter(settings.rate_limit_per_minute),
-        metrics=ApiMetrics(),
-    )
+    return settings, Services.assemble(settings, store, shared.retriever, LLMClient(settings), shared.renderer)
 
 
 @pytest.mark.parametrize("auth_disabled", [False, True], ids=["auth", "no-auth"])

@@ -10,18 +10,10 @@ import logging
 
 import pytest
 from fixtures.api import COLLECTION, make_harness
+from fixtures.api import HANDBOOK_QUESTION as QUESTION
 from fixtures.model import free_port
-from stub_model_server import running_stub
 
 pytestmark = pytest.mark.slow
-
-QUESTION = "Which embedding model does Candor use?"
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with running_stub() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -12,15 +12,8 @@ import json
 import pytest
 from fixtures.api import COLLECTION, make_harness
 from reliability_helpers import count_rows
-from stub_model_server import running_stub
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with running_stub() as server:
-        yield server
 
 
 @pytest.fixture

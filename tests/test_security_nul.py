@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import pytest
 from fixtures.api import COLLECTION, make_harness
+from fixtures.api import HANDBOOK_QUESTION as QUESTION
 from fixtures.store import answer_record
 from reliability_helpers import count_rows
-from stub_model_server import running_stub
 
 from candor.errors import InvalidInputError
 
 pytestmark = pytest.mark.slow
 
-QUESTION = "Which embedding model does Candor use?"
 NUL_QUESTION = "Who won the 1966 football\u0000 world cup?"
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with running_stub() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
