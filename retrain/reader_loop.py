@@ -121,6 +121,10 @@ class ReaderPaths:
         return self.dir / "metrics.json"
 
     @property
+    def regression_report(self) -> Path:  # each flagged question: P(answerable), decision, before / after
+        return self.dir / "regression_report.json"
+
+    @property
     def decision(self) -> Path:
         return self.dir / "decision.json"
 
@@ -301,6 +305,7 @@ def evaluate(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
         out["regression"][name] = {"passed": sum(d["passed"] for d in decisions), "threshold": threshold}
         out["regression"]["items"][name] = decisions
     out["baseline"] = baseline.get("version")
+    write_json(rpaths.regression_report, out["regression"].pop("items"))
     write_json(rpaths.metrics, out)
     return out
 
