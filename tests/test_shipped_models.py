@@ -39,13 +39,14 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
         reader_path=READER,
         max_new_tokens=Settings.model_fields["max_new_tokens"].default,  # the demo's prompt budget
     )
-    # The generation side's two layers split by the serving dtype (auto: bf16 on AVX-512, float32 on AVX2):
-    # in bf16 the adapter refuses this one itself; in float32 it starts an answer the grounding check refuses.
+    # The generation side refuses this one: in bf16 the adapter itself; in float32 its first token is a near-tie
+    # between the refusal and an answer that the grounding check then refuses, and which one wins depends on the
+    # model server's thread count (the order of float32 sums): either layer is the generation side's refusal.
     served = httpx.get(f"{shipped_server.url}/info", timeout=10).json()["model_dtype"]
-    generation_layer = "model" if served == "bfloat16" else "grounding"
+    generation_side = {"model"} if served == "bfloat16" else {"model", "grounding"}
     expected = {
         "How large are Candor's chunks?": None,  # answered: 256 tokens
-        "Which GPU model does Candor require?": generation_layer,
+        "Which GPU model does Candor require?": "generation side",
         "How many languages does Candor's user interface support?": "reader",
         "How much does a Candor enterprise subscription cost per year?": "retrieval_gate",
         "What is the boiling point of mercury?": "retrieval_gate",
@@ -55,7 +56,8 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
             body = h.client.post(
                 "/v1/chat", json={"question": question, "collection": COLLECTION}, headers=h.headers()
             ).json()
-            assert body["refusal_layer"] == layer, (question, body["answer"], body["refusal_confidence"])
+            allowed = generation_side if layer == "generation side" else {layer}
+            assert body["refusal_layer"] in allowed, (question, body["answer"], body["refusal_confidence"])
             assert body["refused"] is (layer is not None)
             assert body["model"]["adapter"] == "refusal"
             if layer is None:
