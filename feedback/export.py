@@ -55,6 +55,9 @@ def export_row(flag: Flag, answer: Answer) -> dict[str, Any]:
                 "source": c.source,
                 "score": c.score,
                 "text_sha256": c.text_sha256,
+                "answerable": c.answerable,  # the reader's P(answerable) for this passage, where one ran
+                "evidence_start": c.evidence_start,  # its evidence span in ``text``
+                "evidence_end": c.evidence_end,
             }
             for c in answer.chunks
             if c.prompt_text is not None
@@ -68,6 +71,8 @@ def export_row(flag: Flag, answer: Answer) -> dict[str, Any]:
         "model_base": answer.model_base,
         "adapter": answer.adapter,
         "adapter_version": answer.adapter_version,
+        "answerability_model": answer.answerability_model,
+        "answerability_threshold": answer.answerability_threshold,
         "answered_at": _iso(answer.created_at),
         "answer_api_key_id": answer.api_key_id,
     }

@@ -29,6 +29,7 @@ from candor.feedback import keys as _keys
 from candor.feedback import migrate as _migrate
 from candor.feedback import retention as _retention
 from candor.feedback import stats as _stats
+from candor.feedback import thresholds as _thresholds
 from candor.feedback.db import DATABASE_DOWN, make_engine, read_session, run_write, safe_url, translate
 from candor.feedback.ids import new_id
 from candor.feedback.schemas import (
@@ -46,6 +47,7 @@ from candor.feedback.schemas import (
     ReviewStatus,
     Verdict,
 )
+from candor.feedback.thresholds import CollectionThreshold
 from candor.jsonl import write_jsonl
 from candor.settings import Settings
 
@@ -311,6 +313,21 @@ class AnswerStore:
             if a < _retention.BATCH:
                 break
         return ErasureResult(key_id=key.id, answers=answers, flags=flags, key_revoked=key.revoked_at is not None)
+
+    # --- per-collection thresholds (``candor calibrate``) ---------------------------
+    def get_collection_threshold(self, collection: str) -> CollectionThreshold | None:
+        """The collection's calibrated threshold, or None (one primary-key read)."""
+        return self._read(_thresholds.get_threshold, collection)
+
+    def list_collection_thresholds(self) -> list[CollectionThreshold]:
+        return self._read(_thresholds.list_thresholds)
+
+    def set_collection_threshold(self, value: CollectionThreshold) -> CollectionThreshold:
+        """Insert or replace the collection's calibrated threshold."""
+        return self._write(_thresholds.set_threshold, value)
+
+    def clear_collection_threshold(self, collection: str) -> bool:
+        return self._write(_thresholds.clear_threshold, collection)
 
     # --- metrics ------------------------------------------------------------------
     def adapter_stats(self, since: datetime | None = None) -> list[AdapterStats]:

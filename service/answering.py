@@ -20,6 +20,7 @@ import anyio
 
 from candor.decision import ALL_LAYERS, GROUNDING, THRESHOLD, decide, resolve_threshold
 from candor.errors import CandorError, InvalidInputError
+from candor.feedback.thresholds import effective_threshold
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, PromptTooLong, fit_messages
 from candor.reader import Evidence, PassageReader
 from candor.refusal_score import refusal_confidence
@@ -91,6 +92,7 @@ class _Prepared:
     answerable: float | None = None  # the answerability layer's P(answerable), when one is configured
     evidence: list[Evidence] = field(default_factory=list)  # its verdict on each passage in the prompt
     verifier_ms: float = 0.0  # time in the answerability layer (reader or verifier)
+    calibrated: float | None = None  # the collection's own threshold for the serving reader, if calibrated
 
     def best_evidence(self) -> Evidence | None:
         return max(self.evidence, key=lambda ev: ev.answerable) if self.evidence else None
@@ -205,6 +207,8 @@ class AnswerEngine:
         retrieval_ms = (time.perf_counter() - started) * 1000
         gate = policy.retrieval_gate([c.score for c in retrieved], self.settings.min_retrieval_score)
         prep = _Prepared(req, started, retrieval_ms, list(retrieved), gate, query=query)
+        if self.answerability is not None:
+            prep.calibrated = await anyio.to_thread.run_sync(self.calibrated_threshold, req.collection)
         if not gate.passed:
             return prep
         try:
@@ -234,11 +238,35 @@ class AnswerEngine:
             prep.verifier_ms = (time.perf_counter() - t0) * 1000
         return prep
 
-    def verifier_threshold(self) -> float | None:
-        """The answerability layer's threshold on 1 - P(answerable): the setting, else the model's own."""
+    def verifier_threshold(self, calibrated: float | None = None) -> float | None:
+        """The answerability layer's threshold on 1 - P(answerable): the setting, else the collection's own
+        (``calibrated``), else the model's own (``candor.decision.threshold_source``)."""
         if self.answerability is None:
             return None
-        return resolve_threshold(self.settings, self.answerability.layer, self.answerability.threshold)
+        return resolve_threshold(self.settings, self.answerability.layer, self.answerability.threshold, calibrated)
+
+    def calibrated_threshold(self, collection: str) -> float | None:
+        """The collection's calibrated threshold (``candor calibrate``), when it was made for the model serving
+        now; a calibration of another reader version does not carry over."""
+        if self.answerability is None:
+            return None
+        record = self.store.get_collection_threshold(collection)
+        if record is None or record.model != self.answerability.version or record.layer != self.answerability.layer:
+            return None
+        return record.threshold
+
+    def collection_threshold(self, collection: str) -> float | None:
+        """The threshold a question on ``collection`` is decided at now."""
+        return self.verifier_threshold(self.calibrated_threshold(collection))
+
+    def threshold_report(self, collection: str) -> dict[str, Any] | None:
+        """What ``collection`` refuses at, where that came from and the calibration on record (the API's
+        ``GET /v1/collections/{name}/threshold``); None without an answerability layer."""
+        model = self.answerability
+        if model is None:
+            return None
+        record = self.store.get_collection_threshold(collection)
+        return effective_threshold(self.settings, model.layer, model.version, model.threshold, record)
 
     def token_threshold(self) -> float | None:
         """The first-token threshold, applied after generation: only without an answerability layer (whose
@@ -258,7 +286,9 @@ class AnswerEngine:
         if self.answerability is None or self.answerability.layer not in self.layers:
             return False
         layer = self.answerability.layer
-        return decide(self._verifier_confidence(prep), self.verifier_threshold(), layer=layer) is not None
+        return (
+            decide(self._verifier_confidence(prep), self.verifier_threshold(prep.calibrated), layer=layer) is not None
+        )
 
     def _timings(self, prep: _Prepared, generation_ms: float) -> dict[str, float]:
         total = (time.perf_counter() - prep.started) * 1000
@@ -293,7 +323,7 @@ class AnswerEngine:
             "grounded": result.grounded,
             "grounding_support": result.grounding_support,
             "answerability_model": None if self.answerability is None else self.answerability.version,
-            "answerability_threshold": self.verifier_threshold(),
+            "answerability_threshold": self.verifier_threshold(prep.calibrated),
             "timings_ms": result.timings_ms,
             "api_key_id": prep.request.api_key_id,
         }

@@ -24,12 +24,14 @@ from candor.errors import InvalidInputError, NotFoundError
 from candor.feedback.store import AnswerStore
 from candor.ingest.retriever import Retriever
 from candor.reader import AnswerabilityReader, PassageReader
+from candor.retrain.readers import serving_reader_folder
 from candor.service import (
     routes_answers,
     routes_chat,
     routes_collections,
     routes_openai,
     routes_ops,
+    routes_readers,
     routes_review,
     routes_web,
 )
@@ -99,8 +101,9 @@ def load_answerability(settings: Settings) -> PassageReader | None:
     """The answerability layer: the reader (``reader_path``), else the verifier (``verifier_path``), else
     None (then only the model refuses)."""
     check_answerability(settings)
-    if settings.reader_path is not None:
-        model: PassageReader = AnswerabilityReader(settings.reader_path, settings.resolved_embed_model_path)
+    if settings.reader_path is not None:  # the reader registry's current version, else CANDOR_READER_PATH
+        folder = serving_reader_folder(settings)
+        model: PassageReader = AnswerabilityReader(folder, settings.resolved_embed_model_path)
     elif settings.verifier_path is not None:
         model = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
     else:
@@ -115,7 +118,7 @@ def check_answerability(settings: Settings) -> None:
     folder or files are missing or malformed, or it has no threshold (it would cost every request its
     scoring time and never refuse, while the first-token threshold is off whenever one is set)."""
     if settings.reader_path is not None:
-        layer, folder = READER, settings.reader_path
+        layer, folder = READER, serving_reader_folder(settings)
         stored, weights = reader.ReaderMeta.read(folder).threshold, reader.WEIGHTS_FILE
     elif settings.verifier_path is not None:
         layer, folder = VERIFIER, settings.verifier_path
@@ -164,7 +167,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     install_error_handlers(app)
 
-    for module in (routes_chat, routes_openai, routes_answers, routes_collections, routes_ops, routes_review):
+    for module in (
+        routes_chat,
+        routes_openai,
+        routes_answers,
+        routes_collections,
+        routes_ops,
+        routes_review,
+        routes_readers,
+    ):
         app.include_router(module.router)
     app.include_router(routes_web.router)  # the chat page at / (docs/feedback.md, "The chat page")
 

@@ -212,12 +212,16 @@ def test_the_gate_uses_the_confidence_the_api_reports_and_eval_scores():
     from candor.service.answering import AnswerEngine
 
     engine = AnswerEngine(Settings(), None, None, None, None, SimpleNamespace(threshold=0.3115, layer="verifier"))
-    weak = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.32), SimpleNamespace(score=0.2)])
-    strong = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.6)])
+    weak = SimpleNamespace(
+        answerable=0.75, used=[SimpleNamespace(score=0.32), SimpleNamespace(score=0.2)], calibrated=None
+    )
+    strong = SimpleNamespace(answerable=0.75, used=[SimpleNamespace(score=0.6)], calibrated=None)
     assert refusal_confidence(None, [0.32, 0.2], 0.75) == pytest.approx(1 - 0.75 * (1 - 0.15))  # 0.3625
     assert engine._verifier_refuses(weak)  # 0.3625 >= 0.3115, though 1 - P alone (0.25) is below it
     assert not engine._verifier_refuses(strong)  # 0.25
-    assert not engine._verifier_refuses(SimpleNamespace(answerable=None, used=[]))  # the gate stopped it earlier
+    assert not engine._verifier_refuses(
+        SimpleNamespace(answerable=None, used=[], calibrated=None)
+    )  # the gate stopped it earlier
     engine.settings = Settings(verifier_threshold=0.2)  # the setting overrides the verifier's own threshold
     assert engine._verifier_refuses(strong)
 
