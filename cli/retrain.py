@@ -76,13 +76,20 @@ def retrain_cmd(
     ),
     swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap a promoted adapter into the model server."),
     force: bool = typer.Option(False, "--force", help="Retrain even without new flags; rerun every stage."),
+    only: str | None = typer.Option(
+        None,
+        "--only",
+        help="adapter or reader; default: both (the reader when CANDOR_READER_PATH is set and "
+        "params reader_loop.enabled).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON at the end."),
 ) -> None:
-    """Flags → training pairs → adapter → gate → promote → hot swap, once (locked: runs never overlap)."""
+    """Flags → training pairs → adapter → gate → promote → hot swap, once (locked: runs never overlap).
+    The same flags → reader labels → reader → its gate → promote → the API reloads it."""
     from candor.retrain.run import retrain
 
     _logging()
-    summary = retrain(get_settings(), workspace, swap=swap, force=force, echo=typer.echo)
+    summary = retrain(get_settings(), workspace, swap=swap, force=force, only=only, echo=typer.echo)
     if as_json:
         _print_json(summary)
     else:
@@ -240,6 +247,10 @@ def loop_export(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HEL
     data = export_base_data(p, paths, settings)
     result = export_inputs(settings, paths)
     typer.echo(f"exported {result['flags']} flag(s) to {result['export']}; baseline {result['baseline']['version']}")
+    if settings.reader_path is not None:
+        from candor.retrain.reader_loop import export_reader_baseline
+
+        typer.echo(f"reader baseline {export_reader_baseline(settings, paths.root)['version']}")
     typer.echo(f"base data: {data['path']} (split {data['split']})")
 
 
@@ -312,5 +323,53 @@ def loop_promote(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HE
 
     d = promote(_params(params), get_settings())
     typer.echo(f"{d['verdict']}: {d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))
+    for reason in d["reasons"]:
+        typer.echo(f"  - {reason}")
+
+
+@loop_app.command("reader-labels")
+def loop_reader_labels(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage reader_labels: the screened flags → reader labels on the passages shown, and its regression set."""
+    from candor.retrain.reader_loop import labels
+
+    s = labels(_params(params))
+    typer.echo(
+        f"{s['examples']} reader label(s) ({s['answerable']} answerable, {s['no_answer']} no answer) from "
+        f"{s['labelled_flags']} of {s['flags']} flag(s); {s['regression_items']} regression item(s)"
+    )
+
+
+@loop_app.command("reader-train")
+def loop_reader_train(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage reader_train: continue the serving reader on the labels and replay examples."""
+    from candor.retrain.reader_loop import train
+
+    _logging()
+    s = train(_params(params), get_settings())
+    typer.echo(f"reader: {s['global_step']} steps in {s['wall_s_this_invocation']} s; loss {s['train_loss']}")
+
+
+@loop_app.command("reader-evaluate")
+def loop_reader_evaluate(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage reader_evaluate: both readers on the frozen set and the flagged questions."""
+    from candor.retrain.reader_loop import evaluate
+
+    _logging()
+    m = evaluate(_params(params), get_settings())
+    for role in ("current", "candidate"):
+        f, r = m["frozen"][role], m["regression"][role]
+        typer.echo(
+            f"{role:<9} hallucination {f['hallucination_rate']:.3f}  over-refusal {f['over_refusal']:.3f}  "
+            f"F1 {f['f1']:.3f}  (threshold {f['threshold']})  flagged {r['passed']}/{m['regression']['n']}"
+        )
+
+
+@loop_app.command("reader-promote")
+def loop_reader_promote(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+    """Stage reader_promote: the reader's gate; a pass registers and promotes it."""
+    from candor.retrain.reader_loop import promote
+
+    d = promote(_params(params), get_settings())
+    typer.echo(f"{d['verdict']}: reader {d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))
     for reason in d["reasons"]:
         typer.echo(f"  - {reason}")

@@ -34,13 +34,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from candor.errors import CandorError, ConflictError
+from candor.errors import CandorError, ConflictError, InvalidInputError
 from candor.jsonl import write_json
 from candor.retrain.adapters import AdapterRegistry
 from candor.retrain.hot_swap import hot_swap
 from candor.retrain.loop_params import LoopPaths, loop_params, read_params
 from candor.retrain.loop_stages import export_base_data, export_inputs
 from candor.retrain.monitor import check_health
+from candor.retrain.reader_loop import ReaderPaths, export_reader_baseline, reader_loop_params
+from candor.retrain.reader_swap import reload_api_reader
+from candor.retrain.readers import ReaderRegistry
 from candor.retrain.runs import now_iso, record_run
 from candor.settings import Settings
 
@@ -120,12 +123,13 @@ def retrain(
     swap: bool = True,
     force: bool = False,
     echo: Callable[[str], None] = print,
+    only: str | None = None,
 ) -> dict[str, Any]:
     """Run the loop once; returns a summary (status, decision, serving record). Every run that got the lock
     is recorded, whatever its outcome, in the runs record (``runs.py``: `GET /v1/retrain/runs`)."""
     started, summary = now_iso(), {}
     try:
-        _retrain(settings, workspace, swap, force, echo, summary)
+        _retrain(settings, workspace, swap, force, echo, summary, only)
     except RunLocked:
         raise
     except BaseException as exc:
@@ -142,10 +146,12 @@ def _retrain(
     force: bool,
     echo: Callable[[str], None],
     summary: dict[str, Any],
+    only: str | None = None,
 ) -> dict[str, Any]:
     workspace = Path(workspace).resolve()
     params = read_params(workspace / "params.yaml")
     lp = loop_params(params)
+    parts = which_parts(params, settings, only)
     paths = LoopPaths(workspace / lp.workdir)
     registry = AdapterRegistry.for_settings(settings)
     summary["workspace"] = str(workspace)
@@ -179,6 +185,11 @@ def _retrain(
         if exported["flags"] == 0:
             summary["status"] = "no_flags"
             return summary
+        if "reader" in parts:
+            summary["reader"] = _retrain_reader(settings, workspace, paths, swap, force, echo)
+            if "adapter" not in parts:
+                summary["status"] = summary["reader"]["status"]
+                return summary
         current = registry.current()
         if current is not None and not force:
             seen = set(current.flag_ids) | set(current.info.get("flags_seen") or [])
@@ -195,7 +206,7 @@ def _retrain(
             echo("no flag gives a training pair (see pairs_stats.json): nothing to train")
             summary["status"] = "no_pairs"
             return summary
-        run_dvc(["repro", *(["--force"] if force else [])], workspace, settings)
+        run_dvc(["repro", *(["--force"] if force else []), "promote"], workspace, settings)
         decision = _read(paths.decision)
         summary["decision"] = {k: decision.get(k) for k in ("verdict", "reasons", "candidate_version", "promoted")}
         summary["decision_file"] = str(paths.decision)
@@ -218,3 +229,60 @@ def _retrain(
             echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
         summary["status"] = "promoted"
         return summary
+
+
+PARTS = ("adapter", "reader")
+
+
+def which_parts(params: dict[str, Any], settings: Settings, only: str | None) -> tuple[str, ...]:
+    """What this run retrains: ``only`` (adapter or reader), else the adapter and, when a reader serves
+    (CANDOR_READER_PATH) and params ``reader_loop.enabled``, the reader too (first: it takes minutes)."""
+    if only is not None and only not in PARTS:
+        raise InvalidInputError(f"--only must be one of {', '.join(PARTS)}, not {only!r}")
+    if only == "reader" and settings.reader_path is None:
+        raise InvalidInputError("--only reader: no reader serves (set CANDOR_READER_PATH, e.g. models/candor-reader)")
+    if only is not None:
+        return (only,)
+    if settings.reader_path is not None and reader_loop_params(params).enabled:
+        return ("reader", "adapter")
+    return ("adapter",)
+
+
+def _retrain_reader(
+    settings: Settings, workspace: Path, paths: LoopPaths, swap: bool, force: bool, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """The reader's half: labels from the same screened flags, then train, evaluate, gate and promote
+    (``dvc repro reader_promote``); a promoted reader is reloaded by the API (CANDOR_API_URL)."""
+    out: dict[str, Any] = {}
+    baseline = export_reader_baseline(settings, paths.root)
+    out["baseline"] = baseline["version"]
+    current = ReaderRegistry.for_settings(settings).current()
+    if current is not None and not force:
+        seen = set(current.flag_ids) | set(current.info.get("flags_seen") or [])
+        if not _export_ids(paths.export) - seen:
+            echo(f"reader: no flags since reader {current.version} was trained: nothing to do")
+            return out | {"status": "no_new_flags"}
+    rpaths = ReaderPaths(paths.root)
+    run_dvc(["repro", *(["--force"] if force else []), "reader_labels"], workspace, settings)
+    stats = _read(rpaths.labels_stats)
+    out["labels"] = stats["examples"]
+    if stats["examples"] == 0:
+        echo("reader: no flag gives a reader label (see reader/labels_stats.json): nothing to train")
+        return out | {"status": "no_labels"}
+    run_dvc(["repro", "reader_promote"], workspace, settings)
+    decision = _read(rpaths.decision)
+    out["decision"] = {k: decision.get(k) for k in ("verdict", "reasons", "candidate_version", "promoted")}
+    echo(f"reader gate: {decision['verdict']} ({rpaths.decision})")
+    for reason in decision["reasons"]:
+        echo(f"  - {reason}")
+    if not decision.get("promoted"):
+        return out | {"status": "rejected"}
+    out["status"] = "promoted"
+    if swap:
+        try:
+            out["serving"] = reload_api_reader(settings, note="candor retrain: reader gate passed")
+            echo(f"reader {decision['candidate_version']} promoted; the API at {settings.api_url} serves it")
+        except CandorError as exc:
+            out["reload_error"] = str(exc)
+            echo(f"reader {decision['candidate_version']} promoted (current), not yet served: {exc}")
+    return out

@@ -172,7 +172,10 @@ def test_the_pipeline_is_declared_offline_and_thin() -> None:
     import yaml
 
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["export_feedback", "build_pairs", "prepare", "train", "evaluate", "promote"]
+    assert list(stages) == [
+        "export_feedback", "build_pairs", "prepare", "train", "evaluate", "promote",
+        "reader_labels", "reader_train", "reader_evaluate", "reader_promote",
+    ]  # fmt: skip
     assert all(s["cmd"].startswith("candor loop ") for s in stages.values())
     assert all(s.get("deps") and s.get("outs") and s.get("params") for s in stages.values())
     config = configparser.ConfigParser()
