@@ -326,6 +326,7 @@ def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if decision["promote"] and decision["candidate_version"] in known:
         if current is not None and current.version == decision["candidate_version"]:
             decision["promoted"] = True
+            decision["registry_path"] = str(current.path)
             decision["reasons"].append("already current")
         else:
             decision.update(promote=False, verdict="reject")

@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from candor.errors import CandorError, ConflictError, InvalidInputError
+from candor.feedback.store import AnswerStore
 from candor.jsonl import write_json
+from candor.reader import AnswerabilityReader
 from candor.retrain.adapters import AdapterRegistry
+from candor.retrain.calibration_run import run_calibration
 from candor.retrain.hot_swap import hot_swap
 from candor.retrain.loop_params import LoopPaths, loop_params, read_params
 from candor.retrain.loop_stages import export_base_data, export_inputs
@@ -278,6 +281,7 @@ def _retrain_reader(
     if not decision.get("promoted"):
         return out | {"status": "rejected"}
     out["status"] = "promoted"
+    out["calibrated"] = recalibrate(settings, Path(decision["registry_path"]), echo)
     if swap:
         try:
             out["serving"] = reload_api_reader(settings, note="candor retrain: reader gate passed")
@@ -285,4 +289,33 @@ def _retrain_reader(
         except CandorError as exc:
             out["reload_error"] = str(exc)
             echo(f"reader {decision['candidate_version']} promoted (current), not yet served: {exc}")
+    return out
+
+
+def recalibrate(settings: Settings, folder: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """After a reader promotion: every collection calibrated before is calibrated again, for the new reader,
+    from its reviewed flags (a calibration holds only for the reader it was made on); one that no longer
+    has enough flags says so and falls back to the new reader's own threshold."""
+    store = AnswerStore(settings)
+    try:
+        collections = [t.collection for t in store.list_collection_thresholds()]
+    finally:
+        store.close()
+    if not collections:
+        return {}
+    reader = AnswerabilityReader(folder, settings.resolved_embed_model_path)
+    out: dict[str, Any] = {}
+    for name in collections:
+        try:
+            report = run_calibration(
+                settings, name, dry_run=False, questions=None, min_flags=settings.calibration_min_flags,
+                target=settings.calibration_target, who="candor retrain", source="loop", reader=reader,
+            )  # fmt: skip
+        except CandorError as exc:
+            echo(f"reader: {name} not recalibrated ({exc}); the new reader's own threshold applies")
+            out[name] = {"error": str(exc)}
+            continue
+        for line in report["lines"]:
+            echo(f"reader: {line}")
+        out[name] = {k: report[k] for k in ("threshold", "chosen", "flags", "meets_target", "miss")}
     return out
