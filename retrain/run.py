@@ -130,6 +130,8 @@ def retrain(
 ) -> dict[str, Any]:
     """Run the loop once; returns a summary (status, decision, serving record). Every run that got the lock
     is recorded, whatever its outcome, in the runs record (``runs.py``: `GET /v1/retrain/runs`)."""
+    if only is not None and only not in PARTS:  # a usage error, not a run: nothing recorded
+        raise InvalidInputError(f"--only must be one of {', '.join(PARTS)}, not {only!r}")
     started, summary = now_iso(), {}
     try:
         _retrain(settings, workspace, swap, force, echo, summary, only)
