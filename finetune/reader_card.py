@@ -21,7 +21,7 @@ def _pct(x: float | None) -> str:
 
 
 def _report_lines(title: str, report: dict) -> list[str]:
-    d, s = report["decision"], report["squad2"]
+    d, s, extra = report["decision"], report["squad2"], report.get("extra_categories", {})
     ci = d.get("ci95", {}).get("auroc") or [None, None]
     lines = [
         f"## {title}",
@@ -38,6 +38,7 @@ def _report_lines(title: str, report: dict) -> list[str]:
         "| category | n | refused |",
         "|---|---|---|",
         *[f"| {k} | {v['n']} | {_pct(v['refused_rate'])} |" for k, v in d["per_category"].items()],
+        *[f"| {k} (derived) | {v['n']} | {_pct(v['refused_rate'])} |" for k, v in extra.items()],
         "",
     ]
     return lines

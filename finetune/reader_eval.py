@@ -73,10 +73,18 @@ def evaluate_reader(
         if progress is not None:
             progress(1)
     wall = time.monotonic() - t0
+    # headline figures over the data's own questions; derived categories (retrieval_miss, no_context) apart
+    own = [x for x in scored if x.category in ("answerable", "unanswerable")]
+    extra = sorted({x.category for x in scored} - {"answerable", "unanswerable"})
     return {
         "threshold": threshold,
         "squad2": squad2_scores(scored, threshold),
-        "decision": summarize(scored, threshold),
+        "decision": summarize(own, threshold),
+        "extra_categories": {
+            cat: {"n": len(xs), "refused_rate": sum(x.refused(threshold) for x in xs) / len(xs)}
+            for cat in extra
+            for xs in [[x for x in scored if x.category == cat]]
+        },
         "seconds": round(wall, 1),
         "ms_per_item": round(1000 * wall / max(1, len(items)), 1),
     }
@@ -84,7 +92,7 @@ def evaluate_reader(
 
 def markdown(report: dict) -> str:
     """A short human-readable page for ``reports/``."""
-    d, s = report["decision"], report["squad2"]
+    d, s, extra = report["decision"], report["squad2"], report["extra_categories"]
     ci = d.get("ci95", {})
 
     def pct(key: str) -> str:
@@ -115,6 +123,7 @@ def markdown(report: dict) -> str:
         "| category | n | refused % |",
         "|---|---|---|",
         *[f"| {k} | {v['n']} | {100 * v['refused_rate']:.1f} |" for k, v in d["per_category"].items()],
+        *[f"| {k} (derived) | {v['n']} | {100 * v['refused_rate']:.1f} |" for k, v in extra.items()],
     ]
     return "\n".join(lines) + "\n"
 

@@ -231,6 +231,7 @@ def test_evaluate_reader_scores_best_passages_as_the_service_would():
     assert report["threshold"] == 0.5
     d = report["decision"]
     assert d["hallucination_rate"] == 0.0 and d["over_refusal"] == 0.0 and d["em"] == 1.0
+    assert d["n"] == 2 and report["extra_categories"] == {"no_context": {"n": 1, "refused_rate": 1.0}}
 
 
 def test_the_reader_commands_train_evaluate_and_report(tmp_path: Path, capsys):
@@ -266,9 +267,10 @@ def test_the_reader_commands_train_evaluate_and_report(tmp_path: Path, capsys):
     args = ["finetune", "eval-reader", str(folder), "--params", str(params), "--source", str(src), "--out", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
-    cats = report["decision"]["per_category"]
-    assert set(cats) == {"answerable", "unanswerable", "retrieval_miss", "no_context"}
-    assert cats["no_context"]["refused_rate"] == 1.0  # no passage: P(answerable) is 0, always refused
+    assert set(report["decision"]["per_category"]) == {"answerable", "unanswerable"}  # the headline: SQuAD's own
+    extra = report["extra_categories"]
+    assert set(extra) == {"retrieval_miss", "no_context"}
+    assert extra["no_context"]["refused_rate"] == 1.0  # no passage: P(answerable) is 0, always refused
     assert report["squad2"]["all"]["n"] == 8  # the dev split's 2 articles x 4 questions
     assert "SQuAD 2.0" in out.with_suffix(".md").read_text()
     assert main(["finetune", "eval-reader", str(tmp_path / "nope"), "--params", str(params)]) == 2
