@@ -135,6 +135,13 @@ def _evidence_out(prep: _Prepared) -> dict[str, Any] | None:
     }
 
 
+def _evidence_sentence(prep: _Prepared, best: Evidence | None) -> str | None:
+    """The sentence holding the reader's span, in the passage as the model saw it (None: no span marked)."""
+    if best is None or best.start < 0:
+        return None
+    return policy.evidence_sentence(prep.contexts[best.passage], best.start, best.end)
+
+
 def _chunk_log(chunk: RetrievedChunk, sent_text: str | None, ev: Evidence | None = None) -> dict[str, Any]:
     return {
         "chunk_id": chunk.chunk_id,
@@ -386,7 +393,7 @@ class AnswerEngine:
             refusal_threshold=self.token_threshold(),
             min_support=self.settings.grounding_min_support,
             enforce_grounding=self.settings.grounding_enforce and GROUNDING in self.layers,
-            evidence=best.text if best is not None else None,
+            evidence=_evidence_sentence(prep, best),
         )
         answer = REFUSAL_SENTENCE if outcome.refused else text.strip()
         signals = {"first_token": refusal_confidence(first_token_top, [c.score for c in prep.used])}

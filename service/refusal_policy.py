@@ -59,6 +59,21 @@ def _light_stem(token: str) -> str:
     return token
 
 
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+def evidence_sentence(passage: str, start: int, end: int) -> str:
+    """The sentence(s) of ``passage`` holding the evidence span [start, end): what the grounding check compares.
+
+    The span itself is often one number or name ("256", "Chroma"); a correct answer worded around it may still
+    share no word with it, while an answer sharing nothing with its sentence rests on other text.
+    """
+    breaks = [(m.start(), m.end()) for m in _SENTENCE_BREAK.finditer(passage)]
+    left = max((b_end for b_start, b_end in breaks if b_end <= start), default=0)
+    right = min((b_start for b_start, _ in breaks if b_start >= end), default=len(passage))
+    return passage[left:right]
+
+
 def grounding_support(answer: str, contexts: Sequence[str]) -> float | None:
     """Share of the answer's content words (lightly stemmed) found in the context.
 
@@ -99,8 +114,8 @@ def judge_answer(
 ) -> PolicyOutcome:
     """Layers 2 and 3 on a generated answer.
 
-    With the reader's evidence span, an answer that shares no content word with it is not grounded,
-    however much of it the passages as a whole support.
+    With the reader's evidence (the sentence holding its span: ``evidence_sentence``), an answer that shares
+    no content word with it is not grounded, however much of it the passages as a whole support.
     """
     layer = decide(refusal_confidence, refusal_threshold, model_refused=is_refusal(answer))
     if layer is not None:

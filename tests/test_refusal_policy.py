@@ -55,3 +55,15 @@ def test_an_answer_sharing_nothing_with_the_evidence_span_is_not_grounded():
     assert out.refused and out.layer == "grounding" and out.grounded is False and out.support == 1.0
     assert not judge("in the 10th century", evidence="the 10th and 11th centuries").refused
     assert not judge("Normandy, in France", evidence="").refused  # no span marked: the passages decide
+
+
+def test_the_evidence_sentence_is_the_sentence_holding_the_span():
+    from candor.service.refusal_policy import evidence_sentence
+
+    text = "Candor splits documents. Chunks are about 256 tokens long. They overlap.\n\n## Next\nMore text."
+    start = text.index("256")
+    assert evidence_sentence(text, start, start + 3) == "Chunks are about 256 tokens long."
+    assert evidence_sentence(text, 0, 6) == "Candor splits documents."
+    assert evidence_sentence(text, text.index("More"), len(text)) == "## Next\nMore text."
+    # grounded against the sentence: "The chunks are 256 tokens" shares "256" and "tokens" with it
+    assert not judge("Normandy, in France", evidence="Normandy is a region in France.").refused
