@@ -618,10 +618,31 @@
         ? el("button", { type: "button", onclick: change(`/v1/adapters/${encodeURIComponent(v.version)}/promote`, "Promoted"),
           "aria-label": `Promote ${v.version}` }, "Promote")
         : null)));
+    const readerChange = (path, verb) => async (event) => {
+      const button = event.currentTarget;
+      button.disabled = true;
+      try {
+        const out = await call("POST", path, path.endsWith("/reload") ? {} : { reload: true });
+        const served = out.serving || out;
+        await loadAdapters();
+        setStatus($("adapters").querySelector(".status"),
+          `${verb}: the API serves reader ${served.model || served.version} (threshold ${served.threshold}).`, "ok");
+      } catch (err) {
+        setStatus(status, err.message, "error");
+        button.disabled = false;
+      }
+    };
     const reader = body.answerability
       ? el("p", {}, el("strong", {}, upper(body.answerability.layer) + ": "),
         `version ${body.answerability.version}, threshold ${body.answerability.threshold ?? "its own"} ` +
-        "(set by CANDOR_READER_PATH / CANDOR_VERIFIER_PATH; a restart changes it).")
+        "(a collection calibrated with `candor calibrate` refuses at its own). ",
+        body.answerability.layer === "reader"
+          ? el("button", { type: "button", onclick: readerChange("/v1/readers/reload", "Reloaded") }, "Reload reader")
+          : null,
+        body.answerability.layer === "reader"
+          ? el("button", { type: "button", onclick: readerChange("/v1/readers/rollback", "Rolled back") },
+            "Roll back reader")
+          : null)
       : el("p", { class: "muted" }, "No answerability reader or verifier is configured: only the model refuses.");
     box.replaceChildren(
       reader,
