@@ -19,6 +19,22 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_ADAPTER_BYTES = 25 * 1024 * 1024
 
 
+def install_folder(dest: Path, copies: dict[str, Path], texts: dict[str, str]) -> Path:
+    """Write a shipped model folder atomically: build it beside ``dest`` (files copied, texts written), then
+    swap it in, so a reader of ``dest`` never sees half a model."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, source in copies.items():
+        shutil.copy2(source, tmp / name)
+    for name, text in texts.items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
 def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
@@ -176,19 +192,12 @@ def ship_adapter(
     summary = json.loads((run_dir / "train_summary.json").read_text())
     stats = json.loads(stats_path.read_text()) if stats_path and stats_path.exists() else None
     ev = json.loads(eval_path.read_text()) if eval_path and eval_path.exists() else None
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in ADAPTER_FILES:
-        shutil.copy2(src / f, tmp / f)
-    (tmp / "README.md").write_text(
-        card_text(dest.name, summary, stats, ev, eval_models or ["base", dest.name]), encoding="utf-8"
+    card = card_text(dest.name, summary, stats, ev, eval_models or ["base", dest.name])
+    return install_folder(
+        dest,
+        {f: src / f for f in ADAPTER_FILES},
+        {"README.md": card, "training.json": json.dumps(summary, indent=1) + "\n"},
     )
-    (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
 
 
 def verifier_card_text(summary: dict, meta: dict, evals: list[tuple[str, dict]]) -> str:
@@ -279,14 +288,12 @@ def ship_verifier(run_dir: Path, dest: Path, eval_paths: list[Path] | None = Non
             raise NotFoundError(f"evaluation not found: {path}")
         ev = json.loads(Path(path).read_text())
         evals.append((f"Evaluation: {ev.get('config', {}).get('mode')} mode, {Path(path).name}", ev))
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    (tmp / "README.md").write_text(verifier_card_text(summary, meta, evals), encoding="utf-8")
-    (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    return install_folder(
+        dest,
+        {WEIGHTS_FILE: src / WEIGHTS_FILE},
+        {
+            CONFIG_FILE: json.dumps(meta, indent=1) + "\n",
+            "README.md": verifier_card_text(summary, meta, evals),
+            "training.json": json.dumps(summary, indent=1) + "\n",
+        },
+    )

@@ -7,10 +7,10 @@ data_stats.json, reader.json, report JSONs): nothing is typed in by hand.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
+from candor.finetune.model_card import install_folder
 from candor.reader import CONFIG_FILE, WEIGHTS_FILE
 
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
@@ -134,14 +134,12 @@ def ship_reader(run_dir: Path, dest: Path, report_paths: list[Path] | None = Non
             raise NotFoundError(f"report not found: {path}")
         report = json.loads(Path(path).read_text())
         reports.append((f"The reader alone, oracle mode: {report.get('split', '')} ({Path(path).name})", report))
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    (tmp / "README.md").write_text(reader_card_text(meta, summary, data, reports), encoding="utf-8")
-    (tmp / "training.json").write_text(json.dumps({**summary, "data": data}, indent=1) + "\n", encoding="utf-8")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    return install_folder(
+        dest,
+        {WEIGHTS_FILE: src / WEIGHTS_FILE},
+        {
+            CONFIG_FILE: json.dumps(meta, indent=1) + "\n",
+            "README.md": reader_card_text(meta, summary, data, reports),
+            "training.json": json.dumps({**summary, "data": data}, indent=1) + "\n",
+        },
+    )
