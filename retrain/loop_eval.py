@@ -1,19 +1,22 @@
 """The ``evaluate`` stage: the candidate adapter against the one serving now, on the same questions.
 
-Two sets, both generated in one process with one base model in memory
-(``candor.finetune.evaluate.LocalGenerator``: the chat template, prompt
-fitting and refusal confidence the service uses):
+Every question goes through the service's answer core (``candor.service.answering.AnswerEngine``), as
+served: prompt fitting, the chat template, the retrieval gate, the refusal rule, the grounding check. What
+the gate promotes is then what users get. The base model and both adapters are in memory once; the answer
+core's collaborators are this process's (``candor.retrain.served``: the question's own passages, an
+in-process LLM per adapter, an answer log in memory). Two sets:
 
 - the frozen eval set: questions of the training split's validation articles
   (the articles the fine-tuning builder holds out, so no adapter trained on
   them) in oracle mode, a fixed sample for ``loop.eval.seed``; any question
-  that was flagged is left out, since the candidate trained on it;
+  that was flagged is left out, since the candidate trained on it. The answer
+  core measures without thresholds (``candor.decision.MEASURE_ONLY``): the
+  metrics apply ``settings.refusal_threshold`` by the same rule and sweep it
+  for the trade-off curves;
 - the regression set: every screened flag's prompt, rebuilt with its history
-  and logged context, with the behaviour now expected (``pairs.py``).
+  and logged context, with the behaviour now expected (``pairs.py``), decided
+  with every refusal layer on (``candor.decision.ALL_LAYERS``), as served.
 
-Decisions are taken as the service takes them, by its one rule
-(``candor.decision.decide``): a refusal is the refusal text, or a refusal
-confidence at or above ``settings.refusal_threshold`` when set.
 Writes ``metrics.json`` (for ``dvc metrics`` and the gate), the trade-off
 curves (``dvc plots``), predictions, and a before/after table of the
 regression set.
@@ -26,17 +29,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from candor.decision import THRESHOLD, decide, resolve_threshold
+from candor.decision import ALL_LAYERS, MEASURE_ONLY, THRESHOLD, resolve_threshold
 from candor.errors import NotFoundError
 from candor.finetune.dataset import split_articles
-from candor.finetune.evaluate import BASE, LocalGenerator, oracle_items, predict, score, write_predictions
+from candor.finetune.evaluate import (
+    BASE,
+    EvalItem,
+    LocalGenerator,
+    Prediction,
+    oracle_items,
+    score,
+    write_predictions,
+)
 from candor.finetune.metrics import summarize, token_f1
 from candor.finetune.params import build_config
 from candor.finetune.squad import load_squad
 from candor.jsonl import json_safe
-from candor.prompts import ContextChunk, fit_messages, is_refusal, normalize_text
-from candor.refusal_score import refusal_confidence
+from candor.prompts import ContextChunk, normalize_text
 from candor.retrain.loop_params import LoopParams, squad_source
+from candor.retrain.served import FixedPassages, LocalLLM, MemoryLog, answer_all
+from candor.service.answering import AnswerEngine, AnswerRequest, AnswerResult
+from candor.service.chat_template import PromptRenderer
+from candor.service.llm_client import ServerInfo
 
 CANDIDATE = "candidate"
 CURRENT = "current"
@@ -90,17 +104,22 @@ def regression_passes(
     return bool(a and b and (f" {b} " in f" {a} " or f" {a} " in f" {b} ")) or token_f1(text, [ref]) >= min_f1
 
 
-def predict_regression(
-    gen: Any, items: Sequence[dict[str, Any]], model: str, max_input_tokens: int, max_new_tokens: int, batch: int
-) -> list[tuple[str, float]]:
-    """(text, refusal confidence) per regression item, with its logged history in the prompt."""
-    prompts = []
-    for it in items:
-        chunks = [ContextChunk(c["text"], c.get("title")) for c in it["contexts"]]
-        fitted = fit_messages(it["question"], chunks, it.get("history") or [], gen.count_tokens, max_input_tokens)
-        prompts.append(gen.render(fitted.messages))
-    outs = gen.generate(prompts, model, max_new_tokens, batch) if prompts else []
-    return [(text, float(refusal_confidence(alts) or 0.0)) for text, alts, _ in outs]
+def _requests(passages: FixedPassages, prefix: str, questions: Sequence[tuple[str, list[ContextChunk], list]]):
+    """One request per question, each on its own passages (a one-question collection)."""
+    return [
+        AnswerRequest(question, passages.add(f"{prefix}:{i}", chunks), top_k=max(1, len(chunks)), history=history)
+        for i, (question, chunks, history) in enumerate(questions)
+    ]
+
+
+def _prediction(item: EvalItem, res: AnswerResult, log: MemoryLog, llm: LocalLLM) -> Prediction:
+    """The answer core's answer as ``candor eval`` scores it: refused as served (the model's own refusal or
+    the grounding check), the first token's refusal confidence, the text the model wrote."""
+    record = log.records[res.answer_id]
+    raw = record.get("raw_answer")
+    text, alts, n = llm.outputs.get(record.get("prompt") or "", (raw or res.answer, [], 0))
+    conf = res.signals.get("first_token")
+    return Prediction(item.id, text, res.refused, float(conf or 0.0), alts, n, {"refusal_layer": res.refusal_layer})
 
 
 def evaluate(
@@ -127,6 +146,20 @@ def evaluate(
     if current_path:
         gen.add_adapter(CURRENT, current_path)
     gen.add_adapter(CANDIDATE, str(candidate))
+    # the answer core as served, with the evaluation's own generation length and input budget
+    served = settings.model_copy(update={"max_new_tokens": lp.eval.max_new_tokens, "llm_backend": "tgi"})
+    renderer = PromptRenderer(settings.resolved_tokenizer_path)
+    info = ServerInfo(Path(settings.resolved_base_model_path).name, max_in, settings.max_total_tokens)
+    passages = FixedPassages()
+    frozen_requests = _requests(passages, "frozen", [(it.question, it.chunks, []) for it in items])
+    regression_requests = _requests(
+        passages,
+        "regression",
+        [
+            (it["question"], [ContextChunk(c["text"], c.get("title")) for c in it["contexts"]], it.get("history") or [])
+            for it in regression
+        ],
+    )
 
     out_dir = Path(out_dir)
     frozen: dict[str, Any] = {"n": len(items), "excluded_flagged": excluded, "threshold": threshold}
@@ -137,8 +170,12 @@ def evaluate(
         for it in regression
     ]
     for role in (CURRENT, CANDIDATE):
-        model = names[role]
-        preds = predict(gen, items, model, max_in, lp.eval.max_new_tokens, lp.eval.batch_size)
+        llm = LocalLLM(gen, names[role], renderer, info, batch_size=lp.eval.batch_size)
+        log = MemoryLog()
+        # frozen set: every confidence measured, the threshold applied below by the metrics (and swept)
+        engine = AnswerEngine(served, passages, llm, renderer, log, layers=MEASURE_ONLY)
+        results = answer_all(engine, llm, frozen_requests)
+        preds = [_prediction(it, res, log, llm) for it, res in zip(items, results, strict=True)]
         write_predictions(out_dir / f"predictions-{role}.jsonl", items, preds)
         summary = summarize(score(items, preds), threshold, n_boot=0)
         frozen[role] = {k: summary.get(k) for k in FROZEN_METRICS}
@@ -146,13 +183,23 @@ def evaluate(
             {"model": role, "over_refusal": p["over_refusal"], "hallucination_rate": p["hallucination_rate"]}
             for p in summary["curve"]
         ]
-        outs = predict_regression(gen, regression, model, max_in, lp.eval.max_new_tokens, lp.eval.batch_size)
+        # regression set: decided as served, every refusal layer on
+        engine = AnswerEngine(served, passages, llm, renderer, log, layers=ALL_LAYERS)
         passed = 0
-        for row, it, (text, conf) in zip(table, regression, outs, strict=True):
-            refused = decide(conf, threshold, model_refused=is_refusal(text)) is not None
-            ok = regression_passes(it, text, refused, lp.pairs.regression_min_f1, conf, lp.eval.refuse_min_confidence)
+        for row, it, res in zip(table, regression, answer_all(engine, llm, regression_requests), strict=True):
+            text = log.records[res.answer_id].get("raw_answer") or res.answer
+            conf = float(res.signals.get("first_token") or 0.0)
+            ok = regression_passes(
+                it, text, res.refused, lp.pairs.regression_min_f1, conf, lp.eval.refuse_min_confidence
+            )
             passed += ok
-            row[role] = {"answer": text, "refused": refused, "refusal_confidence": round(conf, 4), "passed": ok}
+            row[role] = {
+                "answer": text,
+                "refused": res.refused,
+                "refusal_layer": res.refusal_layer,
+                "refusal_confidence": round(conf, 4),
+                "passed": ok,
+            }
         reg[role] = {
             "passed": passed,
             "pass_rate": passed / len(regression) if regression else 0.0,
