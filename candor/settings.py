@@ -3,7 +3,8 @@
 Every knob is a field here, read from the environment (prefix ``CANDOR_``) or a
 ``.env`` file. Paths default to places under ``data_dir`` so that a checkout
 keeps its state in one folder (``./var``) and nothing lands in home-directory
-caches. This module is ground level: it imports nothing of Candor's but ``candor.hardware``.
+caches. This module is ground level: it imports nothing of Candor's but ``candor.hardware``,
+``candor.profile`` and ``candor.errors``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from candor.hardware import resolve_dtype
+from candor.errors import InvalidInputError
+from candor.profile import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    BaseModelProfile,
+    get_profile,
+    resolve_device,
+    resolve_model_dtype,
+)
 
 
 class SettingsError(RuntimeError):
@@ -63,6 +72,14 @@ class Settings(BaseSettings):
     model_server_threads: int = Field(2, ge=1, le=256, description="torch threads in the model server.")
 
     # --- the model ------------------------------------------------------------
+    model_profile: str = Field(
+        DEFAULT_PROFILE,
+        description="Base-model profile (candor/profile.py): where the weights come from, the chat template, "
+        "context limits. smollm2-135m (default) or gemma3-270m (Gemma Terms of Use apply).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where training, evaluation and the embedded server run; auto: CUDA when torch sees a GPU."
+    )
     base_model_path: Path | None = Field(
         None, description="HF model directory of the base model; default DATA_DIR/models/base."
     )
@@ -103,10 +120,22 @@ class Settings(BaseSettings):
         None, description="If set, POST/DELETE /adapters on the model server need 'Bearer <token>'."
     )
 
+    @field_validator("model_profile", mode="after")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        if v not in PROFILES:
+            raise ValueError(f"unknown model profile {v!r}: use one of {', '.join(PROFILES)}")
+        return v
+
     @field_validator("model_dtype", mode="after")
     @classmethod
-    def _resolve_auto_dtype(cls, v: str) -> str:
-        return resolve_dtype(v)
+    def _resolve_auto_dtype(cls, v: str, info: ValidationInfo) -> str:
+        # `device` is declared above, so it is validated first; auto is bf16 on CUDA, this CPU's choice elsewhere
+        device = info.data.get("device", "auto")
+        try:  # an explicit cuda is taken at its word here (the API's container may have no GPU)
+            return resolve_model_dtype(v, resolve_device(device) if device == "auto" else device)
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("model_server_adapters", "model_server_admin_token", mode="before")
     @classmethod
@@ -232,7 +261,16 @@ class Settings(BaseSettings):
 
     @property
     def resolved_base_model_path(self) -> Path:
-        return self.base_model_path or self.data_dir / "models" / "base"
+        return self.base_model_path or self.data_dir / "models" / self.profile.dir_name
+
+    @property
+    def profile(self) -> BaseModelProfile:
+        return get_profile(self.model_profile)
+
+    @property
+    def resolved_device(self) -> str:
+        """cpu or cuda (CANDOR_DEVICE with auto resolved)."""
+        return resolve_device(self.device)
 
     @property
     def resolved_tokenizer_path(self) -> Path:
