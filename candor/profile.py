@@ -20,6 +20,7 @@ every other module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -370,6 +371,42 @@ def get_profile(name: str | None = None) -> BaseModelProfile:
         return PROFILES[name]
     except KeyError:
         raise InvalidInputError(f"unknown model profile {name!r}: use one of {', '.join(PROFILES)}") from None
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that closes an assistant turn, read from the tokenizer's own chat template.
+
+    Renders a one-exchange conversation and takes the first special token after the answer: ChatML's
+    end marker for SmolLM2, Gemma's end of turn, Llama 3's end of turn for a user's own model; the
+    tokenizer's EOS where the template writes none. Callers with a tokenizer but no profile (the
+    collator, the evaluation) use this; a profile knows its own (``BaseModelProfile.end_of_turn_id``).
+    """
+    cached = getattr(tokenizer, "_candor_end_of_turn_id", None)
+    if cached is not None:
+        return cached
+    tid = _template_end_of_turn_id(tokenizer)
+    with contextlib.suppress(AttributeError):  # once per tokenizer: the collator calls this per example
+        tokenizer._candor_end_of_turn_id = tid
+    return tid
+
+
+def _template_end_of_turn_id(tokenizer: Any) -> int:
+    user = [{"role": "user", "content": "Hi"}]
+    full_msgs = [*user, {"role": "assistant", "content": "Yes"}]
+    prompt = _ids(tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True))
+    full = _ids(tokenizer.apply_chat_template(full_msgs, tokenize=True))
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    for tid in full[len(prompt) :]:
+        if tid in special:
+            return int(tid)
+    if tokenizer.eos_token_id is None:
+        raise InvalidInputError("the chat template closes no turn with a special token and the tokenizer has no EOS")
+    return int(tokenizer.eos_token_id)
+
+
+def _ids(out: Any) -> list[int]:
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 def profile_for_model_dir(path: Path, default: str | None = None) -> BaseModelProfile:

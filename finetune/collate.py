@@ -1,8 +1,9 @@
 """Tokenise chat examples with the model's own chat template and batch them.
 
-Loss covers the assistant's answer and its closing ``<|im_end|>`` only (the
-prompt, and the newline the template adds after ``<|im_end|>``, are masked), so
-the model learns to answer *and to stop*; pad shares eos's id in SmolLM2, which
+Loss covers the assistant's answer and the token that closes its turn only (read
+from the tokenizer's chat template, ``candor.profile.end_of_turn_id``; the prompt,
+and the newline the template adds after it, are masked), so the model learns
+to answer *and to stop*; pad shares eos's id in SmolLM2, which
 is why the mask is built from positions, never from pad ids. Batches are
 grouped by length so that short refusal examples do not pay for the padding of
 long multi-passage ones.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from candor.profile import end_of_turn_id
 
 IGNORE = -100
 
@@ -33,7 +36,7 @@ def encode_example(tokenizer, messages: list[dict[str, str]], answerable: bool, 
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError("chat template does not render the prompt as a prefix of the full conversation")
     end = len(full_ids)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = end_of_turn_id(tokenizer)
     while end > len(prompt_ids) and full_ids[end - 1] != eos:
         end -= 1  # drop the template's trailing newline from the loss
     labels = [IGNORE] * len(prompt_ids) + full_ids[len(prompt_ids) : end] + [IGNORE] * (len(full_ids) - end)
