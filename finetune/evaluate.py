@@ -25,6 +25,7 @@ from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.metrics import Scored, choose_threshold, exact_match, summarize, token_f1
 from candor.finetune.squad import Corpus, Paragraph, Question
 from candor.model_server.adapters import INT8, load_dtype
+from candor.profile import end_of_turn_id, resolve_device, resolve_model_dtype
 from candor.prompts import ContextChunk, fit_messages, is_refusal
 from candor.refusal_score import refusal_confidence
 from candor.settings import apply_thread_settings
@@ -151,7 +152,7 @@ def parse_models(models: dict[str, str] | Sequence[str]) -> dict[str, str]:
 class LocalGenerator:
     """Batched greedy generation with transformers, one base and any number of adapters."""
 
-    def __init__(self, base_path: Path, dtype: str = "auto", threads: int = 1, top_n: int = 5):
+    def __init__(self, base_path: Path, dtype: str = "auto", threads: int = 1, top_n: int = 5, device: str = "auto"):
         apply_thread_settings(threads)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -162,11 +163,14 @@ class LocalGenerator:
 
         if dtype == INT8:  # adapters stay unmerged here (several side by side); int8 is a serving mode
             raise InvalidInputError("evaluation runs in auto, bfloat16, float32 or float16: set eval.dtype, not int8")
-        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype(dtype))
+        self.device = resolve_device(device)  # CANDOR_DEVICE: auto is CUDA where torch sees a GPU
+        self.model = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=load_dtype(resolve_model_dtype(dtype, self.device))
+        ).to(self.device)
         self.model.eval()
         self.top_n = top_n
         self.adapters: list[str] = []
-        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.eos_id = end_of_turn_id(self.tokenizer)  # the chat template's end of turn (candor.profile)
 
     def add_adapter(self, name: str, path: str) -> None:
         from peft import PeftModel
@@ -209,7 +213,7 @@ class LocalGenerator:
                 idx = order[start : start + batch_size]
                 batch = self.tokenizer(
                     [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-                )
+                ).to(self.device)
                 out = self.model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
