@@ -47,8 +47,37 @@ def format_context(chunks: Sequence[ContextChunk]) -> str:
     return "\n\n".join(parts)
 
 
-def build_user_message(question: str, chunks: Sequence[ContextChunk]) -> str:
-    return f"Context:\n{format_context(chunks)}\n\nQuestion: {question.strip()}"
+EVIDENCE_MODES = ("none", "sentence", "span")
+
+
+def evidence_text(mode: str, passage: str, start: int, end: int) -> str | None:
+    """What the prompt's evidence line shows for a span [start, end) of ``passage`` (None: no line).
+
+    ``sentence``: the sentence(s) holding the span; ``span``: the span alone; ``none``: nothing. The
+    same function renders served, evaluated and training prompts.
+    """
+    if mode not in EVIDENCE_MODES:
+        raise ValueError(f"evidence mode must be one of {EVIDENCE_MODES}, not {mode!r}")
+    if mode == "none" or start < 0 or end <= start or end > len(passage):
+        return None
+    if mode == "span":
+        text = passage[start:end]
+    else:
+        breaks = [(m.start(), m.end()) for m in _SENTENCE_BREAK.finditer(passage)]
+        left = max((b_end for _, b_end in breaks if b_end <= start), default=0)
+        right = min((b_start for b_start, _ in breaks if b_start >= end), default=len(passage))
+        text = passage[left:right]
+    text = " ".join(text.split())
+    return text or None
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n")  # as service/refusal_policy.evidence_sentence
+
+
+def build_user_message(question: str, chunks: Sequence[ContextChunk], evidence: str | None = None) -> str:
+    """Context, then (when the reader marked one) the evidence line, then the question."""
+    line = f"Evidence: {evidence.strip()}\n" if evidence and evidence.strip() else ""
+    return f"Context:\n{format_context(chunks)}\n\n{line}Question: {question.strip()}"
 
 
 def build_messages(
@@ -56,15 +85,16 @@ def build_messages(
     chunks: Sequence[ContextChunk],
     history: Sequence[Message] = (),
     answer: str | None = None,
+    evidence: str | None = None,
 ) -> list[Message]:
-    """System anchor, earlier turns, then the context and the question.
+    """System anchor, earlier turns, then the context, the evidence line (``evidence_text``) and the question.
 
     With ``answer`` the assistant turn is appended (a training example).
     """
     messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
     for turn in history:
         messages.append({"role": turn["role"], "content": turn["content"]})
-    messages.append({"role": "user", "content": build_user_message(question, chunks)})
+    messages.append({"role": "user", "content": build_user_message(question, chunks, evidence)})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
@@ -90,6 +120,7 @@ def fit_messages(
     history: Sequence[Message],
     count_tokens: Callable[[list[Message]], int],
     max_tokens: int,
+    evidence: str | None = None,
 ) -> FittedPrompt:
     """Fit the prompt into ``max_tokens`` without ever exceeding it.
 
@@ -102,7 +133,7 @@ def fit_messages(
     turns = list(history)
 
     def size(ch: Sequence[ContextChunk], hist: Sequence[Message]) -> int:
-        return count_tokens(build_messages(question, ch, hist))
+        return count_tokens(build_messages(question, ch, hist, evidence=evidence))
 
     tokens = size(kept, turns)
     while tokens > max_tokens and len(kept) > 1:
@@ -134,7 +165,7 @@ def fit_messages(
             f"the question needs {tokens} tokens with the prompt, more than the model's input limit of {max_tokens}"
         )
     return FittedPrompt(
-        messages=build_messages(question, kept, turns),
+        messages=build_messages(question, kept, turns, evidence=evidence),
         chunks=kept,
         n_dropped=len(chunks) - len(kept),
         n_trimmed=n_trimmed,

@@ -93,6 +93,22 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(120.0, gt=0)
     llm_retries: int = Field(2, ge=0, le=10)
     max_new_tokens: int = Field(64, ge=1, le=4096)
+    # Generation hygiene (issue 18): sent in TGI's words with every generation and applied alike by the
+    # in-process oracle evaluation (candor.generation.GenerationParams); chosen by measurement in
+    # reports/generation-hygiene.md. The answer core also cuts any answer at a repeated sentence.
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=10, description="TGI repetition_penalty (1 or unset: off); it also applies to prompt tokens."
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="TGI frequency_penalty (unset or 0: off); it also counts prompt tokens."
+    )
+    stop_sequences: list[str] = Field(
+        default_factory=list, description="TGI stop sequences, JSON in the environment: '[\"\\n\\n\"]'."
+    )
+    prompt_evidence: Literal["none", "sentence", "span"] = Field(
+        "none",
+        description="Put the reader's evidence before the question: its sentence, its span, or nothing.",
+    )
 
     # --- the embedded model server -----------------------------------------
     model_server_host: str = "127.0.0.1"

@@ -24,9 +24,10 @@ from pathlib import Path
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.metrics import Scored, choose_threshold, exact_match, summarize, token_f1
 from candor.finetune.squad import Corpus, Paragraph, Question
+from candor.generation import GenerationParams, clip, repeats_a_sentence
 from candor.model_server.adapters import INT8, load_dtype
 from candor.profile import end_of_turn_id, resolve_device, resolve_model_dtype
-from candor.prompts import ContextChunk, fit_messages, is_refusal
+from candor.prompts import ContextChunk, evidence_text, fit_messages, is_refusal
 from candor.refusal_score import refusal_confidence
 from candor.settings import apply_thread_settings
 
@@ -200,9 +201,21 @@ class LocalGenerator:
         return contextlib.nullcontext()
 
     def generate(
-        self, prompts: list[str], model_name: str, max_new_tokens: int = 32, batch_size: int = 16, progress=None
+        self,
+        prompts: list[str],
+        model_name: str,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+        progress=None,
+        params: GenerationParams | None = None,
     ) -> list[tuple[str, list[tuple[str, float]], int]]:
-        """(text, first-token top-n (token, logprob), new tokens) per prompt, in input order."""
+        """(text, first-token top-n (token, logprob), new tokens) per prompt, in input order.
+
+        ``params`` are the served ones (``candor.generation``): the repetition penalty (transformers'
+        processor, over prompt and generated tokens as TGI and the model server apply it), the frequency
+        penalty (the model server's: raw counts over prompt and generated tokens) and the stop sequences
+        (greedy decoding: the text is cut at the first one, the prefix a stopped request returns).
+        """
         import torch
 
         enc_lens = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -214,8 +227,15 @@ class LocalGenerator:
                 batch = self.tokenizer(
                     [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
                 ).to(self.device)
+                extra = {}
+                if params is not None and params.tgi().get("repetition_penalty"):
+                    extra["repetition_penalty"] = params.repetition_penalty
+                if params is not None and params.frequency_penalty:
+                    pads = (batch["attention_mask"] == 0).sum(dim=1).tolist()
+                    extra["logits_processor"] = [_FrequencyPenalty(params.frequency_penalty, pads)]
                 out = self.model.generate(
                     **batch,
+                    **extra,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     output_scores=True,
@@ -230,6 +250,8 @@ class LocalGenerator:
                     ids = gen[row].tolist()
                     n = ids.index(self.eos_id) if self.eos_id in ids else len(ids)
                     text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+                    if params is not None and params.stop:
+                        text = params.cut_stop(text).strip()
                     alts = [
                         (self.tokenizer.decode([tid]), float(lp))
                         for tid, lp in zip(top.indices[row].tolist(), top.values[row].tolist(), strict=True)
@@ -238,6 +260,39 @@ class LocalGenerator:
                 if progress is not None:
                     progress(len(idx))
         return results
+
+
+class _FrequencyPenalty:
+    """The model server's frequency penalty (model_server/sampling.py): each token's logit minus the
+    penalty times its count over the prompt and the tokens generated so far (left padding not counted)."""
+
+    def __init__(self, penalty: float, pads: list[int]):
+        self.penalty = penalty
+        self.pads = pads
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        counts = torch.zeros_like(scores)
+        for row, pad in enumerate(self.pads):
+            ids = input_ids[row, pad:]
+            counts[row].scatter_add_(0, ids, torch.ones_like(ids, dtype=scores.dtype))
+        return scores - self.penalty * counts
+
+
+def reader_evidence(reader, items: Sequence[EvalItem], mode: str, progress=None) -> list[tuple[float, str | None]]:
+    """Per item, as served: the reader's P(answerable) (its best passage; 0 with none) and the prompt's
+    evidence line for ``mode`` (``candor.prompts.evidence_text`` on the best passage's span)."""
+    out = []
+    for it in items:
+        texts = [c.text for c in it.chunks]
+        evs = reader.read(it.question, texts) if texts else []
+        best = max(evs, key=lambda ev: ev.answerable) if evs else None
+        line = None if best is None else evidence_text(mode, texts[best.passage], best.start, best.end)
+        out.append((0.0 if best is None else best.answerable, line))
+        if progress is not None:
+            progress(1)
+    return out
 
 
 def verifier_scores(verifier, items: Sequence[EvalItem], progress=None) -> list[float]:
@@ -259,18 +314,28 @@ def predict(
     batch_size: int,
     progress=None,
     answerable: Sequence[float] | None = None,
+    params: GenerationParams | None = None,
+    evidence: Sequence[str | None] | None = None,
 ) -> list[Prediction]:
-    """Generate for every item; the refusal confidence is the verifier's when ``answerable`` is given."""
+    """Generate for every item; the refusal confidence is the verifier's when ``answerable`` is given.
+
+    ``evidence``: the prompt's evidence line per item (``reader_evidence``). Each answer is then cut
+    at its first repeated sentence, as the answer core does (``extra["repeated_raw"]`` says whether
+    the raw text repeated one).
+    """
     prompts = []
-    for it in items:
-        fitted = fit_messages(it.question, it.chunks, [], gen.count_tokens, max_input_tokens)
+    for i, it in enumerate(items):
+        line = None if evidence is None else evidence[i]
+        fitted = fit_messages(it.question, it.chunks, [], gen.count_tokens, max_input_tokens, evidence=line)
         prompts.append(gen.render(fitted.messages))
-    outs = gen.generate(prompts, model_name, max_new_tokens, batch_size, progress)
+    outs = gen.generate(prompts, model_name, max_new_tokens, batch_size, progress, params)
     preds = []
-    for i, (it, (text, alts, n)) in enumerate(zip(items, outs, strict=True)):
+    for i, (it, (raw, alts, n)) in enumerate(zip(items, outs, strict=True)):
         p_ans = None if answerable is None else answerable[i]
         conf = refusal_confidence(alts, it.retrieval_scores, p_ans)
         extra = {} if p_ans is None else {"answerable": round(p_ans, 5)}
+        text = clip(raw)
+        extra["repeated_raw"] = repeats_a_sentence(raw)
         preds.append(Prediction(it.id, text, is_refusal(text), float(conf or 0.0), alts, n, extra))
     return preds
 
@@ -337,6 +402,8 @@ def evaluate_oracle(
     out_dir: Path | None = None,
     progress: bool = True,
     verifier=None,
+    params: GenerationParams | None = None,
+    evidence_mode: str = "none",
 ) -> dict[str, dict]:
     """Per model: metrics at its own decisions and at the threshold chosen on ``calibration``.
 
@@ -345,8 +412,18 @@ def evaluate_oracle(
     """
     from tqdm import tqdm
 
-    cal_ans = ans = None
-    if verifier is not None:
+    cal_ans = ans = cal_ev = ev = None
+    if verifier is not None and evidence_mode != "none":
+        if not hasattr(verifier, "read"):
+            raise InvalidInputError("evidence in the prompt needs an answerability reader (--reader)")
+        with tqdm(total=len(calibration) + len(items), desc="reader evidence", disable=not progress) as bar:
+            cal_read = reader_evidence(verifier, calibration, evidence_mode, bar.update)
+            read = reader_evidence(verifier, items, evidence_mode, bar.update)
+        cal_ans, cal_ev = [a for a, _ in cal_read], [e for _, e in cal_read]
+        ans, ev = [a for a, _ in read], [e for _, e in read]
+    elif evidence_mode != "none":
+        raise InvalidInputError("evidence in the prompt needs an answerability reader (--reader)")
+    elif verifier is not None:
         with tqdm(total=len(calibration) + len(items), desc="verifier", disable=not progress) as bar:
             cal_ans = verifier_scores(verifier, calibration, bar.update)
             ans = verifier_scores(verifier, items, bar.update)
@@ -361,7 +438,16 @@ def evaluate_oracle(
         if calibration:
             with tqdm(total=len(calibration), desc=f"{name} calibration", disable=not progress) as bar:
                 cal_preds = predict(
-                    gen, calibration, name, max_input_tokens, max_new_tokens, batch_size, bar.update, cal_ans
+                    gen,
+                    calibration,
+                    name,
+                    max_input_tokens,
+                    max_new_tokens,
+                    batch_size,
+                    bar.update,
+                    cal_ans,
+                    params,
+                    cal_ev,
                 )
             cal_scored = score(calibration, cal_preds)
             threshold, cal_point = choose_threshold(cal_scored, threshold_objective)
@@ -376,7 +462,7 @@ def evaluate_oracle(
             if out_dir:
                 write_predictions(Path(out_dir) / f"calibration-{name}.jsonl", calibration, cal_preds)
         with tqdm(total=len(items), desc=f"{name} eval", disable=not progress) as bar:
-            preds = predict(gen, items, name, max_input_tokens, max_new_tokens, batch_size, bar.update, ans)
+            preds = predict(gen, items, name, max_input_tokens, max_new_tokens, batch_size, bar.update, ans, params, ev)
         scored = score(items, preds)
         # headline metrics over the data's own questions; derived categories are reported apart
         main = [s for s in scored if s.category in ("answerable", "unanswerable")]
@@ -394,6 +480,8 @@ def evaluate_oracle(
         res["threshold"] = threshold
         res["seconds"] = round(time.monotonic() - t0, 1)
         res["mean_new_tokens"] = sum(p.new_tokens for p in preds) / max(1, len(preds))
+        res["answers_repeating_a_sentence"] = sum(repeats_a_sentence(p.text) for p in preds)
+        res["raw_answers_repeating_a_sentence"] = sum(bool(p.extra.get("repeated_raw")) for p in preds)
         if out_dir:
             write_predictions(Path(out_dir) / f"predictions-{name}.jsonl", items, preds)
         results[name] = res

@@ -13,7 +13,6 @@ model: decision metrics with bootstrap intervals, per kind, which layer refused,
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from candor.errors import InvalidInputError
 from candor.finetune.evaluate import BASE, parse_models
 from candor.finetune.metrics import Scored, exact_match, summarize, token_f1
+from candor.generation import GenerationParams, repeats_a_sentence
 from candor.jsonl import json_objects
 
 
@@ -51,20 +51,7 @@ def load_question_set(path: Path) -> list[LabelledQuestion]:
     return out
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def repeats_a_sentence(text: str) -> bool:
-    """True when the answer says the same sentence (normalised) twice."""
-    seen: set[str] = set()
-    for sentence in _SENTENCE.split(text):
-        norm = " ".join(re.sub(r"[^\w\s]", " ", sentence.lower()).split())
-        if len(norm.split()) < 3:
-            continue
-        if norm in seen:
-            return True
-        seen.add(norm)
-    return False
+__all__ = ["LabelledQuestion", "load_question_set", "repeats_a_sentence", "run_question_set_eval"]
 
 
 async def _answer_all(engine, questions: list[LabelledQuestion], collection: str, concurrency: int) -> list:
@@ -174,6 +161,8 @@ def run_question_set_eval(
             "answerability_threshold": threshold,
             "min_retrieval_score": s.min_retrieval_score,
             "grounding_enforce": s.grounding_enforce,
+            "generation": GenerationParams.from_settings(s).describe(),
+            "prompt_evidence": s.prompt_evidence,
             "seconds": round(time.monotonic() - t0, 1),
             "models": models,
         },

@@ -15,6 +15,7 @@ from candor.finetune.evaluate import LocalGenerator, evaluate_oracle, oracle_ite
 from candor.finetune.probe import run_probe
 from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
+from candor.generation import GenerationParams
 from candor.hardware import resolve_dtype
 from candor.reader import AnswerabilityReader
 
@@ -81,6 +82,8 @@ def run_oracle_eval(
     verifier = load_eval_verifier(settings, ev, verifier_path, reader_path)
     t0 = time.monotonic()
     pred_dir = out.parent / (out.stem + "-predictions")
+    # the served generation parameters and prompt (settings), with the evaluation's token budget
+    params = GenerationParams.from_settings(settings, int(ev.get("max_new_tokens", 32)))
     results = evaluate_oracle(
         gen,
         models,
@@ -94,6 +97,8 @@ def run_oracle_eval(
         out_dir=pred_dir,
         progress=progress,
         verifier=verifier,
+        params=params,
+        evidence_mode=settings.prompt_evidence,
     )
     if ev.get("probe", True):
         for name in models:
@@ -113,7 +118,8 @@ def run_oracle_eval(
             "distractors": int(ev.get("distractors", 0)),
             "max_new_tokens": int(ev.get("max_new_tokens", 32)),
             "dtype": resolve_dtype(ev.get("dtype", settings.model_dtype)),
-            "decoding": "greedy, batched, in-process",
+            "decoding": f"greedy, batched, in-process; {params.describe()}",
+            "prompt_evidence": settings.prompt_evidence,
             "refusal_signal": refusal_signal(verifier),
             "seconds": round(time.monotonic() - t0, 1),
             "models": models,

@@ -9,6 +9,7 @@ torch a single thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -21,7 +22,15 @@ import anyio
 from candor.decision import ALL_LAYERS, GROUNDING, THRESHOLD, decide, resolve_threshold
 from candor.errors import CandorError, InvalidInputError
 from candor.feedback.thresholds import effective_threshold
-from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE, ContextChunk, PromptTooLong, fit_messages
+from candor.generation import RepeatGuard, cut_repeats
+from candor.prompts import (
+    PROMPT_VERSION,
+    REFUSAL_SENTENCE,
+    ContextChunk,
+    PromptTooLong,
+    evidence_text,
+    fit_messages,
+)
 from candor.reader import Evidence, PassageReader
 from candor.refusal_score import refusal_confidence
 from candor.service import refusal_policy as policy
@@ -243,7 +252,34 @@ class AnswerEngine:
             )
             prep.answerable = max((ev.answerable for ev in prep.evidence), default=0.0)
             prep.verifier_ms = (time.perf_counter() - t0) * 1000
+            self._add_evidence_line(prep, req, budget)
         return prep
+
+    def _add_evidence_line(self, prep: _Prepared, req: AnswerRequest, budget: int) -> None:
+        """The reader's evidence before the question (``prompt_evidence``), refitted into the same budget.
+
+        Should the line push the prompt over the budget, passages are dropped or trimmed as usual; the
+        reader's verdicts on passages no longer in the prompt are dropped with them.
+        """
+        best = prep.best_evidence()
+        if best is None or self.settings.prompt_evidence == "none":
+            return
+        line = evidence_text(self.settings.prompt_evidence, prep.contexts[best.passage], best.start, best.end)
+        if line is None:
+            return
+        kept = [ContextChunk(text, c.title) for c, text in zip(prep.used, prep.contexts, strict=True)]
+        try:
+            fitted = fit_messages(req.question, kept, req.history, self.renderer.count_tokens, budget, evidence=line)
+        except PromptTooLong:
+            return  # the question fits without the line: serve it without
+        prep.used = prep.used[: len(fitted.chunks)]
+        prep.contexts = [c.text for c in fitted.chunks]
+        prep.evidence = [
+            ev for ev in prep.evidence if ev.passage < len(prep.contexts) and ev.end <= len(prep.contexts[ev.passage])
+        ]
+        prep.history = fitted.messages[1:-1]
+        prep.messages = fitted.messages
+        prep.prompt = self.renderer.render(fitted.messages)
 
     def verifier_threshold(self, calibrated: float | None = None) -> float | None:
         """The answerability layer's threshold on 1 - P(answerable): the setting, else the collection's own
@@ -427,7 +463,9 @@ class AnswerEngine:
         except CandorError as exc:
             await self._log_failure(prep, req, exc)
             raise
-        result = self._judge(prep, gen.text, gen.first_token_top, (time.perf_counter() - t0) * 1000)
+        # a loop is cut at its first repeated sentence, whatever the model (candor.generation)
+        text = cut_repeats(gen.text)
+        result = self._judge(prep, text, gen.first_token_top, (time.perf_counter() - t0) * 1000)
         await self._log(prep, result, gen.text)
         return result
 
@@ -436,6 +474,12 @@ class AnswerEngine:
 
         When the grounding check may withdraw an answer, tokens are held until
         it has run, so a client never sees text that is then replaced.
+
+        A sentence that may repeat an earlier one is held back (``RepeatGuard``); when one does, the
+        stream to the model server is closed, which makes the server drop the request at its next step
+        (model_server/app.py cancels on disconnect; TGI does the same), and the answer ends there. Only
+        when the first-token threshold applies (no answerability layer) is the rest drained unrelayed,
+        for the final event's first-token alternatives.
         """
         prep = await self._prepare(req)
         if not prep.gate.passed or self._verifier_refuses(prep):
@@ -449,21 +493,33 @@ class AnswerEngine:
         t0 = time.perf_counter()
         pieces: list[str] = []
         final = None
+        guard = RepeatGuard()
+        drain = self.token_threshold() is not None
         try:
-            async for ev in self.llm.stream(**self._payload(prep), max_new_tokens=self.settings.max_new_tokens):
-                if isinstance(ev, str):
-                    pieces.append(ev)
-                    if not hold:
-                        yield {"event": "token", "text": ev}
-                else:
-                    final = ev
+            events = self.llm.stream(**self._payload(prep), max_new_tokens=self.settings.max_new_tokens)
+            async with contextlib.aclosing(events):
+                async for ev in events:
+                    if isinstance(ev, str):
+                        pieces.append(ev)
+                        out = guard.feed(ev)
+                        if out and not hold:
+                            yield {"event": "token", "text": out}
+                        if guard.stopped and not drain:
+                            break  # aclosing closes the HTTP stream: the server stops generating
+                    else:
+                        final = ev
         except CandorError as exc:
             await self._log_failure(prep, req, exc)
             raise
-        text = final.text if final is not None else "".join(pieces)
+        raw = final.text if final is not None else "".join(pieces)
+        if not guard.stopped:
+            tail = guard.finish()
+            if tail and not hold:
+                yield {"event": "token", "text": tail}
+        text = guard.relayed.rstrip() if guard.stopped else cut_repeats(raw)
         first_top = final.first_token_top if final is not None else None
         result = self._judge(prep, text, first_top, (time.perf_counter() - t0) * 1000)
-        await self._log(prep, result, text)
+        await self._log(prep, result, raw)
         if hold:
             yield {"event": "token", "text": result.answer}
         yield {"event": "done", "result": result}

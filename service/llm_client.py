@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from candor.errors import CandorError, InvalidInputError, UnavailableError
+from candor.generation import GenerationParams
 from candor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ class LLMClient:
         # versions); filled by info() when the server can tell, for the answer log.
         self.adapter_version: str | None = None
         self.top_n_tokens = top_n_tokens
+        # Generation hygiene sent with every request unless a call overrides it: repetition_penalty,
+        # frequency_penalty and stop sequences, in TGI's words (candor.generation; the settings choose them).
+        self.params = GenerationParams.from_settings(settings)
         self._base_model: str | None = None
 
     # --- public API ---------------------------------------------------------------
@@ -195,9 +199,14 @@ class LLMClient:
         *,
         top_n_tokens: int | None = None,
         seed: int | None = None,
+        params: GenerationParams | None = None,
     ) -> Generation:
-        """Greedy generation from a rendered prompt or from chat messages."""
-        request = self._request(prompt, messages, max_new_tokens, stop, adapter_id, top_n_tokens, seed)
+        """Greedy generation from a rendered prompt or from chat messages.
+
+        ``params`` (default: the client's, from the settings) give the penalties, the stop sequences
+        when ``stop`` is None, and the token budget when ``max_new_tokens`` is None.
+        """
+        request = self._request(prompt, messages, max_new_tokens, stop, adapter_id, top_n_tokens, seed, params)
         return await self._with_retries(lambda: self._generate_once(request))
 
     async def stream(
@@ -210,6 +219,7 @@ class LLMClient:
         *,
         top_n_tokens: int | None = None,
         seed: int | None = None,
+        params: GenerationParams | None = None,
     ) -> AsyncIterator[str | Generation]:
         """Pieces of text (``str``) as they arrive, then one final Generation.
 
@@ -218,7 +228,7 @@ class LLMClient:
         Retries happen only before the first event; a connection lost
         mid-stream raises LLMUnavailable.
         """
-        request = self._request(prompt, messages, max_new_tokens, stop, adapter_id, top_n_tokens, seed)
+        request = self._request(prompt, messages, max_new_tokens, stop, adapter_id, top_n_tokens, seed, params)
         opened = await self._with_retries(lambda: self._open_stream(request))
         async for event in opened:
             yield event
@@ -234,14 +244,18 @@ class LLMClient:
         adapter_id: Any,
         top_n_tokens: int | None,
         seed: int | None,
+        params: GenerationParams | None = None,
     ) -> _Request:
         if (prompt is None) == (messages is None):
             raise InvalidInputError("give exactly one of prompt or messages")
+        p = params or self.params
         return _Request(
             prompt=prompt,
             messages=[dict(m) for m in messages] if messages is not None else None,
-            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-            stop=[s for s in (stop or []) if s],
+            max_new_tokens=max_new_tokens or (p.max_new_tokens if params else self.settings.max_new_tokens),
+            stop=[s for s in (p.stop if stop is None else stop) if s],
+            repetition_penalty=p.tgi().get("repetition_penalty"),
+            frequency_penalty=p.tgi().get("frequency_penalty"),
             adapter_id=self.adapter_id if adapter_id is _DEFAULT else adapter_id,
             top_n_tokens=self.top_n_tokens if top_n_tokens is None else top_n_tokens,
             seed=seed,
@@ -350,6 +364,8 @@ class LLMClient:
                 model=r.adapter_id,
                 max_tokens=r.max_new_tokens,
                 stop=r.stop or None,
+                frequency_penalty=r.frequency_penalty,
+                extra_body={"repetition_penalty": r.repetition_penalty} if r.repetition_penalty else None,
                 temperature=0.0 if r.seed is None else 1.0,
                 seed=r.seed,
                 logprobs=bool(r.top_n_tokens),
@@ -436,6 +452,10 @@ class LLMClient:
             payload["seed"] = r.seed
         if r.stop:
             payload["stop"] = r.stop
+        if r.frequency_penalty:
+            payload["frequency_penalty"] = r.frequency_penalty
+        if r.repetition_penalty:
+            payload["repetition_penalty"] = r.repetition_penalty  # vLLM's extra sampling parameter
         if r.messages is not None:
             payload["messages"] = r.messages
             if r.top_n_tokens:
@@ -547,6 +567,8 @@ class _Request:
     adapter_id: str | None
     top_n_tokens: int
     seed: int | None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 class _HTTPStatus(Exception):
@@ -640,6 +662,8 @@ def _tgi_options(r: _Request) -> dict[str, Any]:
         "top_n_tokens": r.top_n_tokens or None,
         "do_sample": r.seed is not None,
         "seed": r.seed,
+        "repetition_penalty": r.repetition_penalty,
+        "frequency_penalty": r.frequency_penalty,
     }
 
 

@@ -1,0 +1,180 @@
+"""Generation hygiene: the decoding parameters every generator gets, and the repeated-sentence guard.
+
+``GenerationParams`` is the one object the served path (``service/llm_client.py`` sends it in TGI's
+words: ``repetition_penalty``, ``frequency_penalty``, ``stop``) and the in-process oracle evaluation
+(``finetune/evaluate.py``) both apply, so oracle measures what is served. Its defaults come from
+``candor.settings`` and were chosen by measurement (reports/generation-hygiene.md).
+
+``RepeatGuard`` stops a loop whatever the model: when the text starts a sentence that repeats an
+earlier one (normalised), the answer is cut there. It works on a stream: a sentence that might be a
+repeat (its text so far is the beginning of an earlier sentence) is held back until it either
+diverges (then it is relayed) or completes as a repeat (then the stream stops). Pure Python.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# a sentence ends at . ! ? followed by white space, or at a line break (headings and list items)
+_BOUNDARY = re.compile(r"(?<=[.!?])[ \t]+|\s*\n\s*")
+_LEADING_MARKERS = re.compile(r"^(?:\d+ )+")  # "[5] (API key) ..." and "1. ..." number the same sentence apart
+MIN_WORDS = 2  # shorter sentences ("Yes.", "1.") are not compared
+
+
+def sentence_key(sentence: str) -> str:
+    """A sentence normalised for comparison: lower case, no punctuation or markup, no leading numbers."""
+    text = unicodedata.normalize("NFKC", sentence).lower().replace("\u2019", "'")
+    text = " ".join(re.sub(r"[^\w\s]|_", " ", text).split())
+    return _LEADING_MARKERS.sub("", text + " ").strip()
+
+
+def split_sentences(text: str) -> list[tuple[int, str]]:
+    """(start offset, sentence) for each non-empty sentence of ``text``."""
+    out, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        if not sentence_key(text[start : m.start()]):
+            continue  # "3." or "##" opens the next sentence: a list number is not a sentence of its own
+        out.append((start, text[start : m.start()]))
+        start = m.end()
+    if text[start:].strip():
+        out.append((start, text[start:]))
+    return out
+
+
+def first_repeat(text: str, min_words: int = MIN_WORDS) -> int | None:
+    """Offset of the first sentence that repeats an earlier one (normalised), or None."""
+    seen: set[str] = set()
+    for start, sentence in split_sentences(text):
+        key = sentence_key(sentence)
+        if len(key.split()) < min_words:
+            continue
+        if key in seen:
+            return start
+        seen.add(key)
+    return None
+
+
+def repeats_a_sentence(text: str, min_words: int = MIN_WORDS) -> bool:
+    """True when the answer says the same sentence (normalised) twice: the check the reports count."""
+    return first_repeat(text, min_words) is not None
+
+
+def cut_repeats(text: str) -> str:
+    """The text up to the first repeated sentence (what a stream through ``RepeatGuard`` relays)."""
+    guard = RepeatGuard()
+    return (guard.feed(text) + guard.finish()).rstrip()
+
+
+class RepeatGuard:
+    """Incremental: ``feed`` each piece and relay what it returns; ``finish`` at the end of the stream.
+
+    Once ``stopped`` is set the caller stops the stream: nothing more will be relayed.
+    """
+
+    def __init__(self, min_words: int = MIN_WORDS) -> None:
+        self.min_words = min_words
+        self.text = ""
+        self.stopped = False
+        self._keys: list[str] = []
+        self._start = 0  # where the sentence in progress starts
+        self._released = 0  # characters relayed so far
+
+    def _could_repeat(self, key: str) -> bool:
+        # text with no words yet ("## ", "[2] ") is held too: it may open a repeated heading
+        return not key or any(k.startswith(key) for k in self._keys)
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        for m in _BOUNDARY.finditer(self.text, self._start):
+            key = sentence_key(self.text[self._start : m.start()])
+            if not key:
+                continue  # as in split_sentences
+            if len(key.split()) >= self.min_words:
+                if key in self._keys:
+                    self.stopped = True
+                    return self._release(self._start)
+                self._keys.append(key)
+            self._start = m.end()
+        tail = sentence_key(self.text[self._start :])
+        return self._release(self._start if self._could_repeat(tail) else len(self.text))
+
+    def finish(self) -> str:
+        """The held tail, unless it repeats (or is the unfinished start of) an earlier sentence."""
+        if self.stopped:
+            return ""
+        tail = sentence_key(self.text[self._start :])
+        if len(tail.split()) >= self.min_words and self._could_repeat(tail):
+            self.stopped = True
+            return ""
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        out = self.text[self._released : upto] if upto > self._released else ""
+        self._released = max(self._released, upto)
+        return out
+
+    @property
+    def relayed(self) -> str:
+        return self.text[: self._released]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding parameters in TGI's words (greedy decoding; ``None`` leaves a penalty off)."""
+
+    max_new_tokens: int = 64
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Any, max_new_tokens: int | None = None) -> GenerationParams:
+        return cls(
+            max_new_tokens=max_new_tokens or settings.max_new_tokens,
+            repetition_penalty=settings.repetition_penalty,
+            frequency_penalty=settings.frequency_penalty,
+            stop=tuple(s for s in settings.stop_sequences if s),
+        )
+
+    def tgi(self) -> dict[str, Any]:
+        """The TGI ``parameters`` these set (penalties only when on)."""
+        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "stop": list(self.stop) or None}
+        if self.repetition_penalty is not None and self.repetition_penalty != 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
+        if self.frequency_penalty:
+            out["frequency_penalty"] = self.frequency_penalty
+        return out
+
+    def cut_stop(self, text: str) -> str:
+        """Text up to the first stop sequence (greedy decoding: stopping there gives the same prefix)."""
+        cut = len(text)
+        for s in self.stop:
+            at = text.find(s)
+            if at != -1:
+                cut = min(cut, at)
+        return text[:cut]
+
+    def describe(self) -> str:
+        parts = [f"max_new_tokens={self.max_new_tokens}"]
+        if self.repetition_penalty is not None:
+            parts.append(f"repetition_penalty={self.repetition_penalty}")
+        if self.frequency_penalty:
+            parts.append(f"frequency_penalty={self.frequency_penalty}")
+        if self.stop:
+            parts.append(f"stop={list(self.stop)!r}")
+        return ", ".join(parts)
+
+
+def clip(text: str, stops: Sequence[str] = ()) -> str:
+    """Stop sequences then the repeat guard, as the answer core applies them to a finished text."""
+    for s in stops:
+        at = text.find(s) if s else -1
+        if at != -1:
+            text = text[:at]
+    return cut_repeats(text)

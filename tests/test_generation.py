@@ -1,0 +1,209 @@
+"""Generation hygiene (issue 18): the repeated-sentence guard, the shared decoding parameters, the evidence line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from fastapi import Request
+from fixtures.model import free_port
+
+from candor.generation import (
+    GenerationParams,
+    RepeatGuard,
+    clip,
+    cut_repeats,
+    first_repeat,
+    repeats_a_sentence,
+    sentence_key,
+)
+from candor.prompts import ContextChunk, build_messages, evidence_text, fit_messages
+from candor.settings import load_settings
+
+# answers the shipped adapter gave on the handbook set (reports/eval-handbook-reader.md)
+LOOPS = {
+    "The answer is sent to port 8080.\n\nThe answer is sent to port 8000.\n\nThe answer is sent to port 12345.\n\n"
+    "The answer is sent to port 12345.\n\nThe answer is sent to port": (
+        "The answer is sent to port 8080.\n\nThe answer is sent to port 8000.\n\nThe answer is sent to port 12345."
+    ),
+    "1. The answer log on a laptop.\n2. The answer log on a server.\n3. The answer log on a server.\n4. The answer": (
+        "1. The answer log on a laptop.\n2. The answer log on a server."
+    ),
+    "[5] (API key) # How is the API key sent?\n\nThe API key is sent in the API key header.\n\n"
+    "[6] (API key) # How is the API key sent?\n\nThe API key": (
+        "[5] (API key) # How is the API key sent?\n\nThe API key is sent in the API key header."
+    ),
+    "It is a refusal.\n\n## How a refusal is made\n\nA refusal is a feature.\n\n## How a refusal is made\n\nA": (
+        "It is a refusal.\n\n## How a refusal is made\n\nA refusal is a feature."
+    ),
+}
+
+
+def stream_through(text: str, step: int) -> tuple[str, list[str]]:
+    """Feed ``text`` in pieces of ``step`` characters; what was relayed, and the relayed text after each piece."""
+    guard, relayed, seen = RepeatGuard(), "", []
+    for i in range(0, len(text), step):
+        relayed += guard.feed(text[i : i + step])
+        seen.append(relayed)
+        if guard.stopped:
+            break
+    relayed += guard.finish()
+    return relayed, seen
+
+
+@pytest.mark.parametrize("raw", list(LOOPS))
+def test_a_loop_is_cut_at_its_first_repeated_sentence(raw: str) -> None:
+    assert repeats_a_sentence(raw)
+    assert cut_repeats(raw) == LOOPS[raw]
+    assert not repeats_a_sentence(cut_repeats(raw))
+    assert raw[first_repeat(raw) :].strip().startswith(("The answer", "3.", "[6]", "## How"))
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 17, 1000])
+@pytest.mark.parametrize("raw", list(LOOPS))
+def test_the_stream_never_relays_a_repeated_sentence(raw: str, step: int) -> None:
+    relayed, seen = stream_through(raw, step)
+    assert relayed.rstrip() == LOOPS[raw]
+    for partial in seen:  # at no point did a client see the start of a repeat... beyond its held prefix
+        assert not repeats_a_sentence(partial)
+        assert LOOPS[raw].startswith(partial.rstrip()) or partial.rstrip().startswith(LOOPS[raw])
+
+
+def test_a_sentence_that_might_repeat_is_held_until_it_diverges() -> None:
+    guard = RepeatGuard()
+    assert guard.feed("Paris is the capital. ") == "Paris is the capital. "
+    assert guard.feed("Paris is") == ""  # the start of the earlier sentence: held
+    assert guard.feed(" large.") == "Paris is large."  # it diverged: relayed
+    assert guard.finish() == ""
+    assert not guard.stopped
+
+
+def test_an_unfinished_repeat_at_the_end_is_dropped_and_a_new_tail_is_kept() -> None:
+    assert cut_repeats("The port is 8080. The port") == "The port is 8080."
+    assert cut_repeats("The port is 8080. It listens") == "The port is 8080. It listens"
+    assert cut_repeats("Yes. Yes. Yes.") == "Yes. Yes. Yes."  # one-word sentences are not compared
+    assert cut_repeats("") == ""
+
+
+def test_sentence_keys_ignore_case_punctuation_markup_and_numbering() -> None:
+    assert sentence_key("## How a refusal is made") == sentence_key("how a REFUSAL is made!")
+    assert sentence_key("[5] (API key) The key.") == sentence_key("[6] (API key) the key")
+    assert sentence_key("3.") == ""
+    assert not repeats_a_sentence("Version 3.5 was released. Version 3.6 was released.")
+
+
+def test_generation_params_from_settings_and_in_tgi_words() -> None:
+    s = load_settings(repetition_penalty=1.2, frequency_penalty=0.0, stop_sequences=["\n\n", ""], max_new_tokens=48)
+    p = GenerationParams.from_settings(s)
+    assert p == GenerationParams(max_new_tokens=48, repetition_penalty=1.2, frequency_penalty=0.0, stop=("\n\n",))
+    assert p.tgi() == {"max_new_tokens": 48, "stop": ["\n\n"], "repetition_penalty": 1.2}
+    assert GenerationParams.from_settings(s, 32).max_new_tokens == 32
+    assert GenerationParams().tgi() == {"max_new_tokens": 64, "stop": None}
+    assert p.cut_stop("Paris.\n\nQuestion: x") == "Paris."
+    assert clip("Paris.\n\nParis.", ["\n\n"]) == "Paris."
+
+
+def test_settings_reject_bad_generation_values() -> None:
+    from candor.settings import SettingsError
+
+    with pytest.raises((SettingsError, ValueError)):
+        load_settings(repetition_penalty=0)
+    with pytest.raises((SettingsError, ValueError)):
+        load_settings(frequency_penalty=3)
+    with pytest.raises((SettingsError, ValueError)):
+        load_settings(prompt_evidence="everything")
+
+
+# --- the evidence line -------------------------------------------------------------------------
+
+PASSAGE = "Candor keeps its log in a database. On a laptop that is SQLite. On a server it is Postgres."
+
+
+def test_evidence_text_modes() -> None:
+    at = PASSAGE.index("SQLite")
+    assert evidence_text("sentence", PASSAGE, at, at + 6) == "On a laptop that is SQLite."
+    assert evidence_text("span", PASSAGE, at, at + 6) == "SQLite"
+    assert evidence_text("none", PASSAGE, at, at + 6) is None
+    assert evidence_text("sentence", PASSAGE, -1, -1) is None  # the reader marked no span
+    with pytest.raises(ValueError):
+        evidence_text("all", PASSAGE, at, at + 6)
+
+
+def test_the_evidence_line_sits_between_the_context_and_the_question() -> None:
+    msgs = build_messages("Which database?", [ContextChunk(PASSAGE, "Log")], evidence="On a laptop that is SQLite.")
+    assert msgs[-1]["content"].endswith("\n\nEvidence: On a laptop that is SQLite.\nQuestion: Which database?")
+    assert "Evidence:" not in build_messages("Which database?", [ContextChunk(PASSAGE)])[-1]["content"]
+    # fitting counts the line: a budget that fits the prompt without it drops a passage with it
+    count = lambda m: len(" ".join(x["content"] for x in m).split())  # noqa: E731
+    chunks = [ContextChunk(PASSAGE), ContextChunk("Another passage of nine words, give or take.")]
+    plain = fit_messages("Which database?", chunks, [], count, 10_000)
+    tight = fit_messages("Which database?", chunks, [], count, plain.tokens)
+    assert tight.n_dropped == 0
+    with_line = fit_messages("Which database?", chunks, [], count, plain.tokens, evidence="On a laptop that is SQLite.")
+    assert with_line.tokens <= plain.tokens and (with_line.n_dropped or with_line.n_trimmed)
+    assert "Evidence: On a laptop that is SQLite." in with_line.messages[-1]["content"]
+
+
+# --- the client sends them --------------------------------------------------------------------------
+
+
+class RecordingTGI:
+    """A real HTTP server answering TGI's generate route, recording each request body."""
+
+    def __init__(self) -> None:
+        import uvicorn
+        from fastapi import FastAPI
+
+        self.bodies: list[dict] = []
+        app = FastAPI()
+
+        @app.post("/")
+        async def generate(request: Request):
+            self.bodies.append(await request.json())
+            tok = {"id": 1, "text": "Hi", "logprob": -0.1, "special": False}
+            details = {
+                "finish_reason": "eos_token",
+                "generated_tokens": 1,
+                "seed": None,
+                "prefill": [],
+                "tokens": [tok],
+            }
+            return [{"generated_text": "Hi", "details": details}]
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> RecordingTGI:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def test_the_client_sends_the_settings_generation_parameters() -> None:
+    from candor.service.llm_client import LLMClient
+
+    with RecordingTGI() as server:
+        s = load_settings(llm_url=server.url, repetition_penalty=1.15, frequency_penalty=0.1, stop_sequences=["\n\n"])
+        client = LLMClient(s)
+        asyncio.run(client.generate(prompt="Q?"))
+        asyncio.run(client.generate(prompt="Q?", stop=[], params=GenerationParams(max_new_tokens=5)))
+        off = LLMClient(load_settings(llm_url=server.url))
+        asyncio.run(off.generate(prompt="Q?"))
+    served, overridden, plain = (b["parameters"] for b in server.bodies)
+    assert served["repetition_penalty"] == 1.15 and served["frequency_penalty"] == 0.1
+    assert served["stop"] == ["\n\n"] and served["max_new_tokens"] == s.max_new_tokens
+    assert overridden.get("repetition_penalty") is None and not overridden.get("stop")
+    assert overridden["max_new_tokens"] == 5
+    assert plain.get("repetition_penalty") is None and plain.get("frequency_penalty") is None
+    assert json.dumps(plain)  # plain JSON, nothing else sent
