@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from candor.cli.retrain import print_registry, register_version, rollback_version
 from candor.settings import get_settings
 
 app = typer.Typer()
@@ -47,28 +48,8 @@ def _reload(note: str) -> None:
 def readers_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every registered reader, oldest first, with current and serving marked."""
     reg = _registry()
-    versions, cur, serving = reg.list(), reg.current(), reg.serving()
-    if as_json:
-        previous = reg.previous()
-        _print_json(
-            {
-                "current": cur.version if cur else None,
-                "previous": previous.version if previous else None,
-                "serving": serving,
-                "versions": [v.to_dict() for v in versions],
-            }
-        )
-        return
-    if not versions:
-        typer.echo(f"no readers registered in {reg.root} (the first `candor retrain` registers CANDOR_READER_PATH)")
-        return
-    for v in versions:
-        marks = [m for m, on in (("current", cur and v.version == cur.version),
-                                 ("serving", serving and serving.get("version") == v.version)) if on]  # fmt: skip
-        parent = f"from {v.parent}" if v.parent else ""
-        mark = f"[{', '.join(marks)}]" if marks else ""
-        line = f"{v.version}  {v.created_at}  {v.source:<7}  flags={len(v.flag_ids):<4} {parent:<22} {mark}"
-        typer.echo(line.rstrip())
+    empty = f"no readers registered in {reg.root} (the first `candor retrain` registers CANDOR_READER_PATH)"
+    print_registry(reg, as_json, empty, serving_mark="serving")
 
 
 @readers_app.command("show")
@@ -83,12 +64,7 @@ def readers_register(
     promote: bool = typer.Option(False, "--promote", help="Also make it current."),
 ) -> None:
     """Add a reader trained elsewhere (e.g. `candor finetune train-reader`) to the registry."""
-    reg = _registry()
-    v = reg.register(path, source="import")
-    typer.echo(f"registered {v.version} ({v.path})")
-    if promote:
-        reg.promote(v.version, note="candor readers register --promote")
-        typer.echo(f"current: {v.version} (served after `candor readers reload` or an API restart)")
+    register_version(_registry(), path, promote, "readers", "served after `candor readers reload` or an API restart")
 
 
 @readers_app.command("promote")
@@ -109,8 +85,7 @@ def readers_rollback(
     note: str | None = typer.Option(None, help="Why (kept in the registry's history)."),
 ) -> None:
     """Restore the previous current reader (and serve it)."""
-    restored, replaced = _registry().rollback(note=note)
-    typer.echo(f"current: {restored.version} (was {replaced.version if replaced else 'none'})")
+    rollback_version(_registry(), note)
     if reload:
         _reload(note or "candor readers rollback")
 

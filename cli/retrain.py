@@ -99,37 +99,59 @@ def retrain_cmd(
 # --- candor adapters ----------------------------------------------------------------------------
 
 
-def _version_line(v, current: str | None, serving: dict | None) -> str:
+def _version_line(v, current: str | None, serving: dict | None, serving_mark: str = "serving as {name}") -> str:
     marks = []
     if v.version == current:
         marks.append("current")
     if serving and serving.get("version") == v.version:
-        marks.append(f"serving as {serving.get('name')}")
+        marks.append(serving_mark.format(name=serving.get("name")))
     mark = f"[{', '.join(marks)}]" if marks else ""
     parent = f"from {v.parent}" if v.parent else ""
     return f"{v.version}  {v.created_at}  {v.source:<7}  flags={len(v.flag_ids):<4} {parent:<22} {mark}".rstrip()
 
 
-@adapters_app.command("list")
-def adapters_list(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every registered version, oldest first, with current and serving marked."""
-    reg = _registry()
+def print_registry(reg: Any, as_json: bool, empty: str, serving_mark: str = "serving as {name}") -> None:
+    """`candor adapters list` and `candor readers list`: every version, oldest first, current and serving marked."""
     versions, cur, serving = reg.list(), reg.current(), reg.serving()
     if as_json:
+        previous = reg.previous()
         _print_json(
             {
                 "current": cur.version if cur else None,
-                "previous": (p.version if (p := reg.previous()) else None),
+                "previous": previous.version if previous else None,
                 "serving": serving,
                 "versions": [v.to_dict() for v in versions],
             }
         )
         return
     if not versions:
-        typer.echo(f"no adapters registered in {reg.root}")
+        typer.echo(empty)
         return
     for v in versions:
-        typer.echo(_version_line(v, cur.version if cur else None, serving))
+        typer.echo(_version_line(v, cur.version if cur else None, serving, serving_mark))
+
+
+def register_version(reg: Any, path: Path, promote: bool, command: str, served: str) -> None:
+    """`candor adapters register` and `candor readers register`: import a folder, maybe make it current."""
+    v = reg.register(path, source="import")
+    typer.echo(f"registered {v.version} ({v.path})")
+    if promote:
+        reg.promote(v.version, note=f"candor {command} register --promote")
+        typer.echo(f"current: {v.version} ({served})")
+
+
+def rollback_version(reg: Any, note: str | None) -> Any:
+    """Restore the previous current version; says which; returns it."""
+    restored, replaced = reg.rollback(note=note)
+    typer.echo(f"current: {restored.version} (was {replaced.version if replaced else 'none'})")
+    return restored
+
+
+@adapters_app.command("list")
+def adapters_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every registered version, oldest first, with current and serving marked."""
+    reg = _registry()
+    print_registry(reg, as_json, f"no adapters registered in {reg.root}")
 
 
 @adapters_app.command("show")
@@ -144,12 +166,7 @@ def adapters_register(
     promote: bool = typer.Option(False, "--promote", help="Also make it current."),
 ) -> None:
     """Add an adapter trained elsewhere (e.g. `candor finetune train`) to the registry."""
-    reg = _registry()
-    v = reg.register(path, source="import")
-    typer.echo(f"registered {v.version} ({v.path})")
-    if promote:
-        reg.promote(v.version, note="candor adapters register --promote")
-        typer.echo(f"current: {v.version} (not yet serving: `candor adapters swap`)")
+    register_version(_registry(), path, promote, "adapters", "not yet serving: `candor adapters swap`")
 
 
 @adapters_app.command("promote")
@@ -177,8 +194,7 @@ def adapters_rollback(
     from candor.retrain.hot_swap import hot_swap
 
     reg = _registry()
-    restored, replaced = reg.rollback(note=note)
-    typer.echo(f"current: {restored.version} (was {replaced.version if replaced else 'none'})")
+    restored = rollback_version(reg, note)
     if swap:
         record = hot_swap(get_settings(), reg, restored.version)
         typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
@@ -254,36 +270,83 @@ def loop_export(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HEL
     typer.echo(f"base data: {data['path']} (split {data['split']})")
 
 
-@loop_app.command("screen")
-def loop_screen(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage export_feedback: screen the exported flags (approved, per-key caps, duplicates, conflicts)."""
-    from candor.retrain.loop_stages import screen
+def _echo_evaluation(m: dict[str, Any], tail: str) -> None:
+    """Both models' frozen-set figures, one line each; ``tail`` formats the flagged questions' result."""
+    for role in ("current", "candidate"):
+        f, r = m["frozen"][role], m["regression"][role]
+        rest = tail.format(threshold=f.get("threshold"), passed=r["passed"], n=m["regression"]["n"])
+        typer.echo(
+            f"{role:<9} hallucination {f['hallucination_rate']:.3f}  over-refusal {f['over_refusal']:.3f}  "
+            f"F1 {f['f1']:.3f}  {rest}"
+        )
 
-    r = screen(_params(params))
+
+def _echo_decision(d: dict[str, Any], what: str) -> None:
+    typer.echo(f"{d['verdict']}: {what}{d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))
+    for reason in d["reasons"]:
+        typer.echo(f"  - {reason}")
+
+
+STAGE_HELP = {
+    "screen": "Stage export_feedback: screen the exported flags (approved, per-key caps, duplicates, conflicts).",
+    "pairs": "Stage build_pairs: flags → refusal / QA training pairs and the regression set.",
+    "prepare": "Stage prepare: mix the pairs into fresh base data from the fine-tuning builder.",
+    "evaluate": "Stage evaluate: candidate vs baseline on the frozen eval set and the regression set.",
+    "promote": "Stage promote: the gate's decision (decision.json); a pass registers and promotes the adapter.",
+    "reader-labels": "Stage reader_labels: the screened flags → reader labels on the passages shown, and its "
+    "regression set.",
+    "reader-evaluate": "Stage reader_evaluate: both readers on the frozen set and the flagged questions.",
+    "reader-promote": "Stage reader_promote: the reader's gate; a pass registers and promotes it.",
+}
+
+
+def _stage(name: str, target: str, echo: Any, *, settings: bool = False, logs: bool = False) -> None:
+    """`candor loop NAME --params FILE`: run ``target`` ("module:function") on the params (and the settings),
+    print its result with ``echo``; the help is ``STAGE_HELP[name]``."""
+    module, _, func = target.partition(":")
+
+    def command(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
+        import importlib
+
+        stage = getattr(importlib.import_module(module), func)
+        if logs:
+            _logging()
+        echo(stage(_params(params), get_settings()) if settings else stage(_params(params)))
+
+    command.__doc__ = STAGE_HELP[name]
+    loop_app.command(name)(command)
+
+
+def _gate_stages(prefix: str, module: str, what: str, flagged: str) -> None:
+    """evaluate and promote, the adapter's (``prefix`` "") or the reader's ("reader-")."""
+    _stage(f"{prefix}evaluate", f"{module}:evaluate", lambda m: _echo_evaluation(m, flagged), settings=True, logs=True)
+    _stage(f"{prefix}promote", f"{module}:promote", lambda d: _echo_decision(d, what), settings=True)
+
+
+def _echo_screen(r: dict[str, Any]) -> None:
     typer.echo(f"kept {r['kept']} of {r['input']} flag(s); dropped {r['dropped_by_reason'] or 'none'}")
 
 
-@loop_app.command("pairs")
-def loop_pairs(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage build_pairs: flags → refusal / QA training pairs and the regression set."""
-    from candor.retrain.loop_stages import build_pairs
+def _echo_pairs(s: dict[str, Any]) -> None:
+    pairs = f"{s['pairs']} pair(s) ({s['refusal_pairs']} refusal, {s['qa_pairs']} QA)"
+    typer.echo(f"{pairs}, {s['regression_items']} regression item(s)")
 
-    s = build_pairs(_params(params))
+
+def _echo_mix(s: dict[str, Any]) -> None:
+    feedback = f"{s['feedback_rows']} feedback ({s['pairs']} pairs x {s['repeats']})"
+    typer.echo(f"{s['rows']} rows: {feedback}, {s['base_rows']} base")
+
+
+def _echo_labels(s: dict[str, Any]) -> None:
+    labels = f"{s['examples']} reader label(s) ({s['answerable']} answerable, {s['no_answer']} no answer)"
     typer.echo(
-        f"{s['pairs']} pair(s) ({s['refusal_pairs']} refusal, {s['qa_pairs']} QA), "
-        f"{s['regression_items']} regression item(s)"
+        f"{labels} from {s['labelled_flags']} of {s['flags']} flag(s); {s['regression_items']} regression item(s)"
     )
 
 
-@loop_app.command("prepare")
-def loop_prepare(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage prepare: mix the pairs into fresh base data from the fine-tuning builder."""
-    from candor.retrain.loop_stages import prepare
-
-    s = prepare(_params(params))
-    typer.echo(
-        f"{s['rows']} rows: {s['feedback_rows']} feedback ({s['pairs']} pairs x {s['repeats']}), {s['base_rows']} base"
-    )
+_stage("screen", "candor.retrain.loop_stages:screen", _echo_screen)
+_stage("pairs", "candor.retrain.loop_stages:build_pairs", _echo_pairs)
+_stage("prepare", "candor.retrain.loop_stages:prepare", _echo_mix)
 
 
 @loop_app.command("train")
@@ -301,42 +364,10 @@ def loop_train(
     )
 
 
-@loop_app.command("evaluate")
-def loop_evaluate(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage evaluate: candidate vs baseline on the frozen eval set and the regression set."""
-    from candor.retrain.loop_stages import evaluate
-
-    _logging()
-    m = evaluate(_params(params), get_settings())
-    for role in ("current", "candidate"):
-        f, r = m["frozen"][role], m["regression"][role]
-        typer.echo(
-            f"{role:<9} hallucination {f['hallucination_rate']:.3f}  over-refusal {f['over_refusal']:.3f}  "
-            f"F1 {f['f1']:.3f}  regression {r['passed']}/{m['regression']['n']}"
-        )
+_gate_stages("", "candor.retrain.loop_stages", "", "regression {passed}/{n}")
 
 
-@loop_app.command("promote")
-def loop_promote(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage promote: the gate's decision (decision.json); a pass registers and promotes the adapter."""
-    from candor.retrain.loop_stages import promote
-
-    d = promote(_params(params), get_settings())
-    typer.echo(f"{d['verdict']}: {d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))
-    for reason in d["reasons"]:
-        typer.echo(f"  - {reason}")
-
-
-@loop_app.command("reader-labels")
-def loop_reader_labels(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage reader_labels: the screened flags → reader labels on the passages shown, and its regression set."""
-    from candor.retrain.reader_loop import labels
-
-    s = labels(_params(params))
-    typer.echo(
-        f"{s['examples']} reader label(s) ({s['answerable']} answerable, {s['no_answer']} no answer) from "
-        f"{s['labelled_flags']} of {s['flags']} flag(s); {s['regression_items']} regression item(s)"
-    )
+_stage("reader-labels", "candor.retrain.reader_loop:labels", _echo_labels)
 
 
 @loop_app.command("reader-train")
@@ -349,27 +380,4 @@ def loop_reader_train(params: Path = typer.Option(Path("params.yaml"), help=PARA
     typer.echo(f"reader: {s['global_step']} steps in {s['wall_s_this_invocation']} s; loss {s['train_loss']}")
 
 
-@loop_app.command("reader-evaluate")
-def loop_reader_evaluate(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage reader_evaluate: both readers on the frozen set and the flagged questions."""
-    from candor.retrain.reader_loop import evaluate
-
-    _logging()
-    m = evaluate(_params(params), get_settings())
-    for role in ("current", "candidate"):
-        f, r = m["frozen"][role], m["regression"][role]
-        typer.echo(
-            f"{role:<9} hallucination {f['hallucination_rate']:.3f}  over-refusal {f['over_refusal']:.3f}  "
-            f"F1 {f['f1']:.3f}  (threshold {f['threshold']})  flagged {r['passed']}/{m['regression']['n']}"
-        )
-
-
-@loop_app.command("reader-promote")
-def loop_reader_promote(params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP)) -> None:
-    """Stage reader_promote: the reader's gate; a pass registers and promotes it."""
-    from candor.retrain.reader_loop import promote
-
-    d = promote(_params(params), get_settings())
-    typer.echo(f"{d['verdict']}: reader {d['candidate_version']}" + (" (now current)" if d["promoted"] else ""))
-    for reason in d["reasons"]:
-        typer.echo(f"  - {reason}")
+_gate_stages("reader-", "candor.retrain.reader_loop", "reader ", "(threshold {threshold})  flagged {passed}/{n}")

@@ -87,7 +87,7 @@ class AdapterVersion:
         }
 
 
-def _lineage_card(existing: str, v: AdapterVersion) -> str:
+def _lineage_card(existing: str, v: AdapterVersion, title: str = "# Candor LoRA adapter") -> str:
     """The model card with a lineage section (replacing an older one): who and what trained this."""
     body = existing.split(LINEAGE_HEADING)[0].rstrip()
     ids = v.flag_ids
@@ -105,13 +105,30 @@ def _lineage_card(existing: str, v: AdapterVersion) -> str:
     if ids:
         lines += ["", "Flag ids (answer log, `candor feedback show` via the answer id in the export):", ""]
         lines += [f"- `{i}`" for i in ids]
-    head = (body + "\n\n") if body else "# Candor LoRA adapter\n\n"
+    head = (body + "\n\n") if body else f"{title}\n\n"
     return head + "\n".join(lines) + "\n"
 
 
 class AdapterRegistry:
+    """The registry of LoRA adapters; ``candor.retrain.readers.ReaderRegistry`` is the same registry for the
+    answerability reader, with its own folder check (``identify``), files and card."""
+
+    META = META
+    CARD_TITLE = "# Candor LoRA adapter"
+    # for the loop's promotion (``candor.retrain.gate.promote_if_passed``): what a version is called in its
+    # reasons, the command that manages the registry, the history's note
+    LABEL, COMMAND, GATE_NOTE = "version", "adapters", "retraining loop: gate passed"
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def identify(self, folder: Path) -> tuple[str, str]:
+        """(version, sha256 of the weights) of a model folder; a clear error for a folder that is not one."""
+        return adapter_version(folder), adapter_sha256(folder)
+
+    def files(self, folder: Path) -> list[Path]:
+        """The files a version holds: the adapter files and card; never checkpoints."""
+        return [f for f in sorted(folder.iterdir()) if f.is_file()]
 
     @classmethod
     def for_settings(cls, settings: Settings) -> AdapterRegistry:
@@ -216,6 +233,17 @@ class AdapterRegistry:
         return list(self._load()["history"])
 
     # --- changing -----------------------------------------------------------------
+    def ensure_default(self, path: Path | str | None, weights: str, env: str, what: str) -> AdapterVersion | None:
+        """The current version; while there is none, the configured one (``env``) becomes version one."""
+        cur = self.current()
+        if cur is not None or not path:
+            return cur
+        path = Path(path)
+        if not (path / weights).exists():
+            raise NotFoundError(f"{env}={path} holds no {weights}")
+        v = self.register(path, source="default")
+        return self.promote(v.version, note=f"the configured {what} ({env})")
+
     def register(
         self,
         adapter_dir: Path,
@@ -229,8 +257,7 @@ class AdapterRegistry:
         Registering the same weights again returns the existing version unchanged.
         """
         adapter_dir = Path(adapter_dir)
-        version = adapter_version(adapter_dir)
-        sha = adapter_sha256(adapter_dir)
+        version, sha = self.identify(adapter_dir)
         with self._locked():
             state = self._load()
             if version in state["versions"]:
@@ -239,10 +266,9 @@ class AdapterRegistry:
             tmp = self.versions_dir / f".tmp-{version}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            for f in sorted(adapter_dir.iterdir()):
-                if f.is_file():  # the adapter files and card; never checkpoints
-                    shutil.copy2(f, tmp / f.name)
-            if adapter_version(tmp) != version:
+            for f in self.files(adapter_dir):
+                shutil.copy2(f, tmp / f.name)
+            if self.identify(tmp)[0] != version:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise ConflictError(f"{adapter_dir} changed while it was being registered; try again")
             entry = AdapterVersion(
@@ -256,8 +282,10 @@ class AdapterRegistry:
                 info=info or {},
             )
             card = tmp / CARD
-            card.write_text(_lineage_card(card.read_text(encoding="utf-8") if card.exists() else "", entry))
-            (tmp / META).write_text(json.dumps(entry.to_dict() | {"path": None}, indent=2) + "\n")
+            card.write_text(
+                _lineage_card(card.read_text(encoding="utf-8") if card.exists() else "", entry, self.CARD_TITLE)
+            )
+            (tmp / self.META).write_text(json.dumps(entry.to_dict() | {"path": None}, indent=2) + "\n")
             final = self.versions_dir / version
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -352,11 +380,4 @@ def ensure_current(settings: Settings, registry: AdapterRegistry | None = None) 
     compare itself with the base model instead of with what users are served.
     """
     registry = registry or AdapterRegistry.for_settings(settings)
-    cur = registry.current()
-    if cur is not None or not settings.adapter_path:
-        return cur
-    path = Path(settings.adapter_path)
-    if not (path / WEIGHTS).exists():
-        raise NotFoundError(f"CANDOR_ADAPTER_PATH={path} holds no {WEIGHTS}")
-    v = registry.register(path, source="default")
-    return registry.promote(v.version, note="the configured default adapter (CANDOR_ADAPTER_PATH)")
+    return registry.ensure_default(settings.adapter_path, WEIGHTS, "CANDOR_ADAPTER_PATH", "default adapter")

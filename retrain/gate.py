@@ -17,14 +17,16 @@ every check passes; a rejected adapter never reaches users:
   prompts handled as now expected than by the current adapter (or all of
   them, when there is nothing left to gain).
 
-Pure function over the metrics dict, so it is tested with synthetic files.
+``decide`` is a pure function over the metrics dict, so it is tested with synthetic files;
+``promote_if_passed`` applies it to a registry (the adapter's or the reader's).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from candor.errors import InvalidInputError
+from candor.errors import ConflictError, InvalidInputError
 from candor.retrain.loop_params import GateParams
 
 FROZEN_KEYS = ("hallucination_rate", "over_refusal", "f1", "refused_rate", "n_answerable")
@@ -112,3 +114,42 @@ def decide(metrics: dict[str, Any], gate: GateParams) -> dict[str, Any]:
         "baseline": metrics.get("baseline"),
         "gate": dict(gate.__dict__),
     }
+
+
+def promote_if_passed(
+    registry: Any, candidate: Path, baseline: dict[str, Any], metrics: dict[str, Any], gate: GateParams, lineage: Any
+) -> dict[str, Any]:
+    """The gate's decision; a passing candidate is registered in ``registry`` (an ``AdapterRegistry`` or a
+    ``ReaderRegistry``) with its lineage (``lineage(decision)``: the flag ids and the card's info) and made current,
+    unless the current version changed since ``baseline`` was read."""
+    decision = decide(metrics, gate)
+    version = decision["candidate_version"] = registry.identify(candidate)[0]
+    decision["baseline_version"] = baseline.get("version")
+    decision["promoted"] = False
+    current = registry.current()
+    if decision["promote"] and version in {v.version for v in registry.list()}:
+        # DVC reruns the promote stage on every repro: never re-promote a version someone rolled back
+        if current is not None and current.version == version:
+            decision["promoted"] = True
+            decision["registry_path"] = str(current.path)
+            decision["reasons"].append("already current")
+        else:
+            decision.update(promote=False, verdict="reject")
+            decision["reasons"] = [
+                f"{registry.LABEL} {version} was registered before and is not current (rolled back?): "
+                f"not promoting it again automatically; `candor {registry.COMMAND} promote` does it by hand"
+            ]
+    elif decision["promote"]:
+        flag_ids, info = lineage(decision)
+        entry = registry.register(
+            candidate, source="loop", parent=baseline.get("version"), flag_ids=flag_ids, info=info
+        )
+        try:
+            registry.promote(entry.version, note=registry.GATE_NOTE, expect_current=baseline.get("version"))
+        except ConflictError as exc:
+            decision.update(promote=False, verdict="reject")
+            decision["reasons"] = [f"not promoted: {exc}"]
+        else:
+            decision["promoted"] = True
+            decision["registry_path"] = str(entry.path)
+    return decision

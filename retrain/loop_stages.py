@@ -23,14 +23,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from candor.adapter_version import adapter_version
 from candor.data_source import split_files
-from candor.errors import ConflictError, NotFoundError
+from candor.errors import NotFoundError
 from candor.feedback.store import AnswerStore
 from candor.finetune.params import train_config as ft_config
 from candor.jsonl import read_jsonl, write_json, write_jsonl
 from candor.retrain.adapters import AdapterRegistry, ensure_current
-from candor.retrain.gate import decide as gate_decision
+from candor.retrain.gate import promote_if_passed
 from candor.retrain.loop_eval import evaluate as evaluate_adapters
 from candor.retrain.loop_params import LoopParams, LoopPaths, loop_params, squad_source
 from candor.retrain.loop_train import train_from
@@ -196,30 +195,8 @@ def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     lp, paths = paths_for(params)
     metrics = _read_json(paths.metrics)
     baseline = _read_json(paths.baseline)
-    decision = gate_decision(metrics, lp.gate)
-    decision["candidate_version"] = adapter_version(paths.adapter)
-    decision["baseline_version"] = baseline.get("version")
-    decision["promoted"] = False
-    registry = AdapterRegistry.for_settings(settings)
-    known = {v.version for v in registry.list()}
-    current = registry.current()
-    if decision["promote"] and decision["candidate_version"] in known:
-        # DVC reruns this stage on every repro: never re-promote a version someone rolled back
-        if current is not None and current.version == decision["candidate_version"]:
-            decision["promoted"] = True
-            decision["registry_path"] = str(current.path)
-            decision["reasons"].append("already current")
-        else:
-            decision["promote"] = False
-            decision["verdict"] = "reject"
-            decision["reasons"] = [
-                f"version {decision['candidate_version']} was registered before and is not current (rolled back?): "
-                "not promoting it again automatically; `candor adapters promote` does it by hand"
-            ]
-        write_json(paths.decision, decision)
-        return decision
-    if decision["promote"]:
-        stats = _read_json(paths.pairs_stats)
+
+    def lineage(decision: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         info = {
             "train": _read_json(paths.train_dir / "train_summary.json"),
             "data": _read_json(paths.mix_stats),
@@ -227,19 +204,9 @@ def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
             "metrics": {"frozen": metrics["frozen"]["candidate"], "regression": metrics["regression"]["candidate"]},
             "flags_seen": sorted(r["flag_id"] for r in read_jsonl(paths.export)),
         }
-        version = registry.register(
-            paths.adapter, source="loop", parent=baseline.get("version"), flag_ids=stats["flag_ids"], info=info
-        )
-        try:
-            registry.promote(
-                version.version, note="retraining loop: gate passed", expect_current=baseline.get("version")
-            )
-        except ConflictError as exc:
-            decision["promote"] = False
-            decision["verdict"] = "reject"
-            decision["reasons"] = [f"not promoted: {exc}"]
-        else:
-            decision["promoted"] = True
-            decision["registry_path"] = str(version.path)
+        return _read_json(paths.pairs_stats)["flag_ids"], info
+
+    registry = AdapterRegistry.for_settings(settings)
+    decision = promote_if_passed(registry, paths.adapter, baseline, metrics, lp.gate, lineage)
     write_json(paths.decision, decision)
     return decision

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from candor.decision import READER, decide, resolve_threshold
-from candor.errors import ConflictError, InvalidInputError, NotFoundError
+from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.dataset import split_articles
 from candor.finetune.metrics import token_f1
 from candor.finetune.reader import ReaderConfig, parse_source, score_examples, train_reader
@@ -33,10 +33,10 @@ from candor.finetune.squad import load_squad
 from candor.jsonl import read_jsonl, write_json, write_jsonl
 from candor.reader import AnswerabilityReader, ReaderMeta
 from candor.refusal_score import refusal_confidence
-from candor.retrain.gate import decide as gate_decision
+from candor.retrain.gate import promote_if_passed
 from candor.retrain.loop_params import GateParams, LoopPaths, loop_params
 from candor.retrain.reader_labels import build_reader_labels
-from candor.retrain.readers import ReaderRegistry, ensure_current_reader, reader_sha256
+from candor.retrain.readers import ReaderRegistry, ensure_current_reader
 from candor.settings import Settings
 
 log = logging.getLogger("candor.retrain.reader_loop")
@@ -316,26 +316,8 @@ def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     rp, paths, rpaths = _paths(params)
     metrics = _read_json(rpaths.metrics)
     baseline = _read_json(rpaths.baseline)
-    decision = gate_decision(metrics, rp.gate)
-    decision["candidate_version"] = reader_sha256(rpaths.candidate)[:16]
-    decision["baseline_version"] = baseline.get("version")
-    decision["promoted"] = False
-    registry = ReaderRegistry.for_settings(settings)
-    current = registry.current()
-    known = {v.version for v in registry.list()}
-    if decision["promote"] and decision["candidate_version"] in known:
-        if current is not None and current.version == decision["candidate_version"]:
-            decision["promoted"] = True
-            decision["registry_path"] = str(current.path)
-            decision["reasons"].append("already current")
-        else:
-            decision.update(promote=False, verdict="reject")
-            decision["reasons"] = [
-                f"reader {decision['candidate_version']} was registered before and is not current (rolled back?): "
-                "not promoting it again automatically; `candor readers promote` does it by hand"
-            ]
-    elif decision["promote"]:
-        stats = _read_json(rpaths.labels_stats)
+
+    def lineage(decision: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         summary = _read_json(rpaths.train_dir / "summary.json")["invocations"][-1]
         info = {
             "kind": "reader",
@@ -347,18 +329,10 @@ def promote(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
             "screening": _read_json(paths.screening) if paths.screening.exists() else None,
             "flags_seen": sorted(r["flag_id"] for r in read_jsonl(paths.export)),
         }
-        version = registry.register(
-            rpaths.candidate, source="loop", parent=baseline.get("version"), flag_ids=stats["flag_ids"], info=info
-        )
-        try:
-            registry.promote(
-                version.version, note="retraining loop: reader gate passed", expect_current=baseline.get("version")
-            )
-        except ConflictError as exc:
-            decision.update(promote=False, verdict="reject")
-            decision["reasons"] = [f"not promoted: {exc}"]
-        else:
-            decision["promoted"] = True
-            decision["registry_path"] = str(version.path)
+        return _read_json(rpaths.labels_stats)["flag_ids"], info
+
+    decision = promote_if_passed(
+        ReaderRegistry.for_settings(settings), rpaths.candidate, baseline, metrics, rp.gate, lineage
+    )
     write_json(rpaths.decision, decision)
     return decision

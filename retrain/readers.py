@@ -17,14 +17,10 @@ configured ``CANDOR_READER_PATH`` becomes version one on first use, as ``CANDOR_
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
-from typing import Any
 
-from candor.errors import ConflictError, NotFoundError
 from candor.reader import CONFIG_FILE, WEIGHTS_FILE, ReaderMeta
-from candor.retrain.adapters import AdapterRegistry, AdapterVersion, _lineage_card, _now
+from candor.retrain.adapters import AdapterRegistry, AdapterVersion
 from candor.settings import Settings
 
 CARD = "README.md"
@@ -41,70 +37,29 @@ def reader_sha256(folder: Path) -> str:
 
 
 class ReaderRegistry(AdapterRegistry):
+    """The adapter registry for readers: a version is the first 16 hex digits of the weights' sha256."""
+
     @classmethod
     def for_settings(cls, settings: Settings) -> ReaderRegistry:  # type: ignore[override]
         return cls(Path(settings.reader_registry_dir or settings.data_dir / "readers"))
 
-    def register(
-        self,
-        adapter_dir: Path,
-        source: str = "import",
-        parent: str | None = None,
-        flag_ids: list[str] | None = None,
-        info: dict[str, Any] | None = None,
-    ) -> AdapterVersion:
-        """Copy a reader folder (reader.json, reader.safetensors, its card) in under its hash, with lineage."""
-        folder = Path(adapter_dir)
+    META = META
+    CARD_TITLE = "# Candor answerability reader"
+    LABEL, COMMAND, GATE_NOTE = "reader", "readers", "retraining loop: reader gate passed"
+
+    def identify(self, folder: Path) -> tuple[str, str]:
         sha = reader_sha256(folder)
-        version = sha[:16]
-        with self._locked():
-            state = self._load()
-            if version in state["versions"]:
-                return self._version(state, version)
-            self.versions_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.versions_dir / f".tmp-{version}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for name in (CONFIG_FILE, WEIGHTS_FILE, CARD):
-                if (folder / name).is_file():
-                    shutil.copy2(folder / name, tmp / name)
-            if reader_sha256(tmp) != sha:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise ConflictError(f"{folder} changed while it was being registered; try again")
-            entry = AdapterVersion(
-                version, sha, self.versions_dir / version, _now(), source, parent, sorted(flag_ids or []), info or {}
-            )
-            card = tmp / CARD
-            text = _lineage_card(card.read_text(encoding="utf-8") if card.exists() else "", entry)
-            card.write_text(text.replace("# Candor LoRA adapter", "# Candor answerability reader", 1))
-            (tmp / META).write_text(json.dumps(entry.to_dict() | {"path": None}, indent=2) + "\n")
-            final = self.versions_dir / version
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            state["versions"][version] = {
-                "sha256": sha,
-                "created_at": entry.created_at,
-                "source": source,
-                "parent": parent,
-                "flag_ids": entry.flag_ids,
-                "info": entry.info,
-            }
-            self._event(state, "register", version, source=source, origin=str(folder.resolve()))
-            self._save(state)
-            return entry
+        return sha[:16], sha
+
+    def files(self, folder: Path) -> list[Path]:
+        """reader.json, reader.safetensors and its card."""
+        return [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD) if (folder / name).is_file()]
 
 
 def ensure_current_reader(settings: Settings, registry: ReaderRegistry | None = None) -> AdapterVersion | None:
     """The current reader; on first use, the configured ``CANDOR_READER_PATH`` becomes version one."""
     registry = registry or ReaderRegistry.for_settings(settings)
-    cur = registry.current()
-    if cur is not None or settings.reader_path is None:
-        return cur
-    path = Path(settings.reader_path)
-    if not (path / WEIGHTS_FILE).exists():
-        raise NotFoundError(f"CANDOR_READER_PATH={path} holds no {WEIGHTS_FILE}")
-    v = registry.register(path, source="default")
-    return registry.promote(v.version, note="the configured reader (CANDOR_READER_PATH)")
+    return registry.ensure_default(settings.reader_path, WEIGHTS_FILE, "CANDOR_READER_PATH", "reader")
 
 
 def serving_reader_folder(settings: Settings) -> Path | None:
