@@ -44,6 +44,7 @@ from candor.finetune.evaluate import (
 from candor.finetune.metrics import summarize, token_f1
 from candor.finetune.params import build_config
 from candor.finetune.squad import load_squad
+from candor.generation import GenerationParams
 from candor.jsonl import json_safe
 from candor.prompts import ContextChunk, normalize_text
 from candor.retrain.loop_params import LoopParams, squad_source
@@ -112,14 +113,20 @@ def _requests(passages: FixedPassages, prefix: str, questions: Sequence[tuple[st
     ]
 
 
+def _answer_text(res: AnswerResult, log: MemoryLog) -> str:
+    """The answer as served (cut at a repeated sentence), or for a refusal what the model wrote."""
+    if not res.refused:
+        return res.answer
+    return log.records[res.answer_id].get("raw_answer") or res.answer
+
+
 def _prediction(item: EvalItem, res: AnswerResult, log: MemoryLog, llm: LocalLLM) -> Prediction:
     """The answer core's answer as ``candor eval`` scores it: refused as served (the model's own refusal or
-    the grounding check), the first token's refusal confidence, the text the model wrote."""
-    record = log.records[res.answer_id]
-    raw = record.get("raw_answer")
-    text, alts, n = llm.outputs.get(record.get("prompt") or "", (raw or res.answer, [], 0))
+    the grounding check), the first token's refusal confidence."""
+    _, alts, n = llm.outputs.get(log.records[res.answer_id].get("prompt") or "", ("", [], 0))
     conf = res.signals.get("first_token")
-    return Prediction(item.id, text, res.refused, float(conf or 0.0), alts, n, {"refusal_layer": res.refusal_layer})
+    extra = {"refusal_layer": res.refusal_layer}
+    return Prediction(item.id, _answer_text(res, log), res.refused, float(conf or 0.0), alts, n, extra)
 
 
 def evaluate(
@@ -149,6 +156,7 @@ def evaluate(
     # the answer core as served, with the evaluation's own generation length and input budget
     served = settings.model_copy(update={"max_new_tokens": lp.eval.max_new_tokens, "llm_backend": "tgi"})
     renderer = PromptRenderer(settings.resolved_tokenizer_path)
+    params = GenerationParams.from_settings(served)
     info = ServerInfo(Path(settings.resolved_base_model_path).name, max_in, settings.max_total_tokens)
     passages = FixedPassages()
     frozen_requests = _requests(passages, "frozen", [(it.question, it.chunks, []) for it in items])
@@ -170,7 +178,7 @@ def evaluate(
         for it in regression
     ]
     for role in (CURRENT, CANDIDATE):
-        llm = LocalLLM(gen, names[role], renderer, info, batch_size=lp.eval.batch_size)
+        llm = LocalLLM(gen, names[role], renderer, info, batch_size=lp.eval.batch_size, params=params)
         log = MemoryLog()
         # frozen set: every confidence measured, the threshold applied below by the metrics (and swept)
         engine = AnswerEngine(served, passages, llm, renderer, log, layers=MEASURE_ONLY)
@@ -187,7 +195,7 @@ def evaluate(
         engine = AnswerEngine(served, passages, llm, renderer, log, layers=ALL_LAYERS)
         passed = 0
         for row, it, res in zip(table, regression, answer_all(engine, llm, regression_requests), strict=True):
-            text = log.records[res.answer_id].get("raw_answer") or res.answer
+            text = _answer_text(res, log)
             conf = float(res.signals.get("first_token") or 0.0)
             ok = regression_passes(
                 it, text, res.refused, lp.pairs.regression_min_f1, conf, lp.eval.refuse_min_confidence

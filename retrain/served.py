@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 
+from candor.generation import GenerationParams
 from candor.ingest.retriever import RetrievedChunk
 from candor.prompts import ContextChunk
 from candor.service.answering import AnswerEngine, AnswerRequest, AnswerResult
@@ -83,13 +84,21 @@ class LocalLLM:
 
     Requests are held until every question in flight (``expect``) is either waiting for generation or
     finished, then generated together, sorted by prompt so a run is reproducible; the server limits
-    (``info``) are the model server's, from the settings.
+    (``info``) and the decoding parameters (``params``) are the served ones, from the settings.
     """
 
     def __init__(
-        self, gen: Any, model: str, renderer: Renderer, info: ServerInfo, *, batch_size: int, top_n: int = 5
+        self,
+        gen: Any,
+        model: str,
+        renderer: Renderer,
+        info: ServerInfo,
+        *,
+        batch_size: int,
+        params: GenerationParams | None = None,
     ) -> None:
         self.gen, self.model, self.renderer, self._info = gen, model, renderer, info
+        self.params = params  # the served decoding parameters (the LLM client's: penalties, stop sequences)
         self.adapter_id: str | None = model
         self.batch_size = batch_size
         self.outputs: dict[str, tuple[str, list[tuple[str, float]], int]] = {}  # prompt -> what it generated
@@ -112,7 +121,8 @@ class LocalLLM:
         batch, self._pending = sorted(self._pending, key=lambda p: p.prompt), []
         for max_new in sorted({p.max_new_tokens for p in batch}):
             group = [p for p in batch if p.max_new_tokens == max_new]
-            outs = self.gen.generate([p.prompt for p in group], self.model, max_new, self.batch_size)
+            params = None if self.params is None else replace(self.params, max_new_tokens=max_new)
+            outs = self.gen.generate([p.prompt for p in group], self.model, max_new, self.batch_size, None, params)
             for p, (text, alts, n) in zip(group, outs, strict=True):
                 self.outputs[p.prompt] = (text, alts, n)
                 p.out = Generation(text, "eos_token", n, alts, self.adapter_id)
