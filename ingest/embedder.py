@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from candor.errors import CandorError
+from candor.profile import CPU
 from candor.settings import Settings, apply_thread_settings
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def get_embed_model(settings: Settings) -> HuggingFaceEmbedding:
             cache = settings.data_dir / "cache" / "sentence_transformers"
             model = _locked_embedding_class()(
                 model_name=str(info.path),
-                device="cpu",
+                device=CPU,  # queries embed on the API process's CPU thread; a GPU serves the LLM
                 embed_batch_size=settings.embed_batch_size,
                 normalize=True,
                 cache_folder=str(cache),

@@ -27,6 +27,7 @@ from candor.adapter_version import adapter_version
 from candor.errors import InvalidInputError
 from candor.hardware import resolve_dtype
 from candor.model_server.model_prep import read_model_identity
+from candor.profile import is_cpu_only
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def quantize_int8(model: Any) -> Any:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     devices = {p.device.type for p in model.parameters()}
-    if devices != {"cpu"}:
+    if not is_cpu_only(model):
         raise InvalidInputError(f"model dtype int8 is CPU only, but the weights are on {sorted(devices)}")
     if not _int8_logged:
         _int8_logged = True

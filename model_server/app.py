@@ -183,7 +183,7 @@ class _Server:
             "model_sha": None,
             "model_pipeline_tag": "text-generation",
             "model_dtype": s.model_dtype,
-            "model_device_type": "cpu",
+            "model_device_type": self.engine.device,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_best_of": tgi.MAX_BEST_OF,
             "max_stop_sequences": tgi.MAX_STOP_SEQUENCES,

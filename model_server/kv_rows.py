@@ -77,11 +77,14 @@ def keep_rows(batch: BatchKV, rows: list[int]) -> BatchKV | None:
     if rows == list(range(batch.rows)):
         return batch
     index = torch.tensor(rows, dtype=torch.long)
-    mask = batch.mask.index_select(0, index)
+    mask = batch.mask.index_select(0, index)  # the mask stays on the CPU; the cache is where the model is
     real = mask.any(dim=0).nonzero()
     start = int(real[0]) if len(real) else 0
     layers = [
-        (k.index_select(0, index)[:, :, start:].contiguous(), v.index_select(0, index)[:, :, start:].contiguous())
+        (
+            k.index_select(0, index.to(k.device))[:, :, start:].contiguous(),
+            v.index_select(0, index.to(v.device))[:, :, start:].contiguous(),
+        )
         for k, v in _layers(batch.cache)
     ]
     return BatchKV(cache=_build(layers), mask=mask[:, start:].contiguous())

@@ -47,16 +47,18 @@ from candor.model_server.adapters import (
 from candor.model_server.decode_attention import register_decode_attention
 from candor.model_server.model_prep import is_model_dir, read_model_identity
 from candor.model_server.token_text import IncrementalDetokenizer, find_stop
+from candor.profile import CPU, CUDA, prefill_token_budget, resolve_device
 from candor.settings import Settings, apply_thread_settings
 
 log = logging.getLogger(__name__)
 
 # Padded prompt tokens (rows x longest prompt) in one prefill pass; a single prompt is always taken,
-# whatever its length. Measured on the 2-core CPU, 1 thread, bf16 (bench/bench_prefill.py --sweep):
-# a pass of 32 tokens runs at ~580 prompt tok/s, 8 such prompts together at ~1,300; from a few
-# hundred tokens on a pass is compute-bound (~800-1,300 tok/s whatever its shape), so batching
-# longer prompts only adds padding and makes the first of them wait for the last.
-PREFILL_TOKEN_BUDGET = 512
+# whatever its length. Per device (candor.profile.prefill_token_budget): on a CPU 512. Measured on the
+# 2-core CPU, 1 thread, bf16 (bench/bench_prefill.py --sweep): a pass of 32 tokens runs at ~580 prompt
+# tok/s, 8 such prompts together at ~1,300; from a few hundred tokens on a pass is compute-bound
+# (~800-1,300 tok/s whatever its shape), so batching longer prompts only adds padding and makes the
+# first of them wait for the last. A GPU is far from compute-bound there and takes more.
+PREFILL_TOKEN_BUDGET = prefill_token_budget(CPU)
 
 
 class EngineNotReady(UnavailableError):
@@ -210,7 +212,10 @@ class ModelEngine:
         self._eos_ids: set[int] = set()
         self._special_ids: set[int] = set()
         self._pad_id = 0  # any real id: padded positions are masked out
-        self.prefill_token_budget = PREFILL_TOKEN_BUDGET
+        # CANDOR_DEVICE: weights and model inputs live there; logits come back to the CPU for sampling
+        # (auto is resolved now, an explicit cuda is checked when the model loads)
+        self.device = CUDA if settings.device == CUDA else resolve_device(settings.device)
+        self.prefill_token_budget = prefill_token_budget(self.device)
 
     # --- start-up ------------------------------------------------------------------
 
@@ -272,6 +277,7 @@ class ModelEngine:
 
     def _load_base(self) -> None:
         apply_thread_settings(self.settings.model_server_threads)
+        self.device = resolve_device(self.settings.device)  # raises where CANDOR_DEVICE=cuda finds no GPU
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = self.settings.model_dtype
@@ -284,7 +290,8 @@ class ModelEngine:
             local_files_only=True,
         ).eval()
         if name == INT8:
-            model = finish_model(model, name)
+            model = finish_model(model, name)  # CPU only (Settings refuses int8 on CUDA)
+        model = model.to(self.device)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -299,6 +306,7 @@ class ModelEngine:
         assert self._base is not None
         started = time.perf_counter()
         model = build_merged_model(self.base_path, spec.path, self.settings.model_dtype, register_decode_attention())
+        model = model.to(self.device)
         log.info("adapter %s (%s) merged in %.1f s", spec.name, info.version, time.perf_counter() - started)
         return _Served(model=model, info=info)
 
@@ -455,13 +463,14 @@ class ModelEngine:
                 mask[i, width - n :] = 1
             cache = DynamicCache()
             out = served.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(self.device),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=0 if details else 1,
             )
+            logits = out.logits.to(CPU)  # the mask stays on the CPU too (kv_rows keeps it beside the cache)
         except Exception as exc:
             log.exception("prefill failed")
             for pending in batch:
@@ -471,8 +480,8 @@ class ModelEngine:
         self.stats.max_prefill_rows = max(self.stats.max_prefill_rows, len(batch))
         rows, keep = [], []
         for i, (pending, n) in enumerate(zip(batch, lengths, strict=True)):
-            prompt_logits = out.logits[i, width - n :] if pending.job.prefill_details else None
-            row = self._start_row(pending, out.logits[i, -1], prompt_logits)
+            prompt_logits = logits[i, width - n :] if pending.job.prefill_details else None
+            row = self._start_row(pending, logits[i, -1], prompt_logits)
             if row is not None and not row.done:
                 rows.append(row)
                 keep.append(i)
@@ -535,13 +544,13 @@ class ModelEngine:
             positions = torch.tensor([[r.length] for r in rows], dtype=torch.long)
             mask = kv_rows.extend_mask(cohort.kv)
             out = cohort.served.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
                 past_key_values=cohort.kv.cache,
                 use_cache=True,
             )
-            logits = out.logits[:, -1].float()
+            logits = out.logits[:, -1].float().to(CPU)
             self.stats.decode_steps += 1
             self.stats.decode_rows += len(rows)
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(rows))

