@@ -20,11 +20,20 @@ import anyio
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from candor.errors import CandorError, NotFoundError
+from candor.errors import CandorError
 from candor.reader import AnswerabilityReader
 from candor.retrain.readers import ReaderRegistry, serving_reader_folder
 from candor.service.deps import AdminDep, PrincipalDep, ServicesDep
-from candor.service.routes_review import VERSION_PATTERN, _version_out, _who, require_global_admin
+from candor.service.routes_review import (
+    Serve,
+    VersionPath,
+    _version_out,
+    _who,
+    change_note,
+    promote_by_hand,
+    require_global_admin,
+    roll_back,
+)
 from candor.text import StoredText
 
 log = logging.getLogger("candor.api.audit")
@@ -112,7 +121,7 @@ async def _reload(services: Any, note: str) -> dict[str, Any]:
 @router.post("/v1/readers/reload", summary="Load the current reader into this API, verified (admin)")
 async def reload(principal: AdminDep, services: ServicesDep, body: ReloadRequest | None = None) -> dict[str, Any]:
     require_global_admin(principal)
-    note = f"API, {_who(principal)}" + (f": {body.note}" if body and body.note else "")
+    note = change_note(principal, body.note if body else None)
     try:
         out = await anyio.to_thread.run_sync(reload_reader, services, note)
     except CandorError as exc:
@@ -123,39 +132,23 @@ async def reload(principal: AdminDep, services: ServicesDep, body: ReloadRequest
 
 @router.post("/v1/readers/{version}/promote", summary="Make a reader current by hand, bypassing the gate (admin)")
 async def promote_reader(
-    version: Annotated[str, Path(pattern=VERSION_PATTERN)],
-    principal: AdminDep,
-    services: ServicesDep,
-    body: ReaderChange | None = None,
+    version: VersionPath, principal: AdminDep, services: ServicesDep, body: ReaderChange | None = None
 ) -> dict[str, Any]:
-    require_global_admin(principal)
     body = body or ReaderChange()
-    reg = _registry(services)
-    note = f"API, {_who(principal)}" + (f": {body.note}" if body.note else "")
-    try:
-        v = await anyio.to_thread.run_sync(lambda: reg.promote(version, note=note))
-    except NotFoundError:
-        raise HTTPException(404, f"no reader version {version!r} (see GET /v1/readers)") from None
-    log.info("%s promoted reader %s", _who(principal), v.version)
-    out: dict[str, Any] = {"current": v.version, "reloaded": False}
-    if body.reload:
-        out |= await _reload(services, note)
-    return out
+    return await promote_by_hand(
+        _registry(services), version, principal, body.note, "reader", "reloaded", _reload_with(services, body.reload)
+    )
 
 
 @router.post("/v1/readers/rollback", summary="Restore the previous current reader (admin)")
 async def rollback_reader(principal: AdminDep, services: ServicesDep, body: ReaderChange | None = None):
-    require_global_admin(principal)
     body = body or ReaderChange()
-    reg = _registry(services)
-    note = f"API, {_who(principal)}" + (f": {body.note}" if body.note else "")
-    restored, replaced = await anyio.to_thread.run_sync(lambda: reg.rollback(note=note))
-    log.info("%s rolled reader %s back to %s", _who(principal), replaced and replaced.version, restored.version)
-    out: dict[str, Any] = {"current": restored.version, "replaced": replaced.version if replaced else None}
-    out["reloaded"] = False
-    if body.reload:
-        out |= await _reload(services, note)
-    return out
+    serve = _reload_with(services, body.reload)
+    return await roll_back(_registry(services), principal, body.note, "reader", "reloaded", serve)
+
+
+def _reload_with(services: Any, reload: bool) -> Serve:
+    return (lambda _version, note: _reload(services, note)) if reload else None
 
 
 @router.get("/v1/collections/{name}/threshold", summary="The collection's refusal threshold and where it came from")

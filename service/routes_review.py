@@ -7,6 +7,7 @@ the registry's history keeps every promotion and rollback with a note naming the
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -26,6 +27,7 @@ router = APIRouter(tags=["review"])
 
 FLAG_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"  # a ULID
 VERSION_PATTERN = r"^[0-9a-f]{4,64}$"  # a version or a unique prefix of it
+VersionPath = Annotated[str, Path(pattern=VERSION_PATTERN)]  # a version hash (or a unique prefix) in a route
 
 
 class ReviewRequest(BaseModel):
@@ -190,46 +192,59 @@ async def _swap(services: Any, registry: Any, version: str) -> dict[str, Any]:
     return {"swapped": True, "serving": {k: record.get(k) for k in ("name", "version", "since")}}
 
 
-def _not_found(ref: str) -> HTTPException:
-    return HTTPException(404, f"no adapter version {ref!r} (see GET /v1/adapters)")
+def _swap_with(services: Any, registry: Any, swap: bool) -> Serve:
+    return (lambda version, _note: _swap(services, registry, version)) if swap else None
+
+
+def change_note(principal: Principal, note: str | None) -> str:
+    """The registry history's note for a change made over HTTP: which key, and why."""
+    return f"API, {_who(principal)}" + (f": {note}" if note else "")
+
+
+# After a change by hand, serve what is now current: (version, note) -> the fields to add to the response
+Serve = Callable[[str, str], Awaitable[dict[str, Any]]] | None
+
+
+async def promote_by_hand(
+    reg: Any, version: str, principal: Principal, why: str | None, what: str, served: str, serve: Serve
+) -> dict[str, Any]:
+    """Make ``version`` current in ``reg`` (the adapter's or the reader's registry), bypassing the gate (an admin's
+    choice; a 404 for an unknown version), then ``serve`` it; ``served`` names the response field that says so."""
+    require_global_admin(principal)
+    note = change_note(principal, why)
+    try:
+        v = await anyio.to_thread.run_sync(lambda: reg.promote(version, note=note))
+    except NotFoundError:
+        raise HTTPException(404, f"no {what} version {version!r} (see GET /v1/{what}s)") from None
+    log.info("%s promoted %s %s", _who(principal), what, v.version)
+    out: dict[str, Any] = {"current": v.version, served: False}
+    return out | (await serve(v.version, note) if serve is not None else {})
+
+
+async def roll_back(reg: Any, principal: Principal, why: str | None, what: str, served: str, serve: Serve) -> Any:
+    """Restore ``reg``'s previous current version, then ``serve`` it (as ``promote_by_hand``)."""
+    require_global_admin(principal)
+    note = change_note(principal, why)
+    restored, replaced = await anyio.to_thread.run_sync(lambda: reg.rollback(note=note))
+    was = replaced.version if replaced else None
+    log.info("%s rolled %s %s back to %s", _who(principal), what, was, restored.version)
+    out: dict[str, Any] = {"current": restored.version, "replaced": was, served: False}
+    return out | (await serve(restored.version, note) if serve is not None else {})
 
 
 @router.post("/v1/adapters/{version}/promote", summary="Make a version current by hand, bypassing the gate (admin)")
 async def promote_adapter(
-    version: Annotated[str, Path(pattern=VERSION_PATTERN)],
-    principal: AdminDep,
-    services: ServicesDep,
-    body: AdapterChange | None = None,
+    version: VersionPath, principal: AdminDep, services: ServicesDep, body: AdapterChange | None = None
 ) -> dict[str, Any]:
-    require_global_admin(principal)
     body = body or AdapterChange()
     reg = _registry(services)
-    note = f"API, {_who(principal)}" + (f": {body.note}" if body.note else "")
-    try:
-        v = await anyio.to_thread.run_sync(lambda: reg.promote(version, note=note))
-    except NotFoundError:
-        raise _not_found(version) from None
-    log.info("%s promoted adapter %s", _who(principal), v.version)
-    out: dict[str, Any] = {"current": v.version, "swapped": False}
-    if body.swap:
-        out |= await _swap(services, reg, v.version)
-    return out
+    return await promote_by_hand(
+        reg, version, principal, body.note, "adapter", "swapped", _swap_with(services, reg, body.swap)
+    )
 
 
 @router.post("/v1/adapters/rollback", summary="Restore the previous current version (admin)")
 async def rollback_adapter(principal: AdminDep, services: ServicesDep, body: AdapterChange | None = None):
-    require_global_admin(principal)
     body = body or AdapterChange()
     reg = _registry(services)
-    note = f"API, {_who(principal)}" + (f": {body.note}" if body.note else "")
-    restored, replaced = await anyio.to_thread.run_sync(lambda: reg.rollback(note=note))
-    was = replaced.version if replaced else None
-    log.info("%s rolled adapter %s back to %s", _who(principal), was, restored.version)
-    out: dict[str, Any] = {
-        "current": restored.version,
-        "replaced": was,
-        "swapped": False,
-    }
-    if body.swap:
-        out |= await _swap(services, reg, restored.version)
-    return out
+    return await roll_back(reg, principal, body.note, "adapter", "swapped", _swap_with(services, reg, body.swap))
