@@ -20,13 +20,19 @@ folder stays small); the base encoder is the embedding model Candor already ship
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from candor.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from candor.settings import Settings
+
+log = logging.getLogger("candor.reader")
 
 FORMAT = "candor-reader/1"
 CONFIG_FILE = "reader.json"
@@ -43,6 +49,7 @@ class ReaderMeta:
     threshold: float | None = None  # refusal threshold on 1 - P(answerable), chosen on validation
     validation: dict | None = None
     training: dict = field(default_factory=dict)
+    int8: dict | None = None  # {"threshold", "validation"}: the int8 variant's own, from `candor finetune quantize-reader`
 
     @classmethod
     def read(cls, folder: Path) -> ReaderMeta:
@@ -212,6 +219,18 @@ def best_spans(
     return out
 
 
+def quantize_int8(model):
+    """Weight-only int8 for every Linear layer (torch's dynamic quantisation: float32 activations, CPU)."""
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_reader(folder: Path, settings: Settings) -> AnswerabilityReader:
+    """The reader as the settings serve it: the embedding package's encoder, float32 or int8."""
+    return AnswerabilityReader(folder, settings.resolved_embed_model_path, int8=settings.reader_int8)
+
+
 class AnswerabilityReader:
     """Reads (question, passage) pairs; thread-safe, batched, torch threads set by the caller."""
 
@@ -226,15 +245,24 @@ class AnswerabilityReader:
         head = ("qa_outputs.weight", "qa_outputs.bias")
         load_trained_tensors(self.model, self.folder / WEIGHTS_FILE, base_path, self.meta.base_model, head)
         self.model.eval()
+        self.int8 = int8
         if int8:  # dynamic int8 weights for the Linear layers, float32 activations (CPU)
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+            self.model = quantize_int8(self.model)
+            if self.meta.int8 is None:
+                log.warning(
+                    "reader %s has no int8 threshold (`candor finetune quantize-reader`): using the float32 one",
+                    self.folder,
+                )
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._torch = torch
-        self.version = folder_version(self.folder, WEIGHTS_FILE)
+        self.version = folder_version(self.folder, WEIGHTS_FILE) + ("+int8" if int8 else "")
 
     @property
     def threshold(self) -> float | None:
+        """The refusal threshold chosen on validation for the variant being served (float32 or int8)."""
+        if self.int8 and self.meta.int8 is not None:
+            return self.meta.int8.get("threshold")
         return self.meta.threshold
 
     def read(self, question: str, passages: Sequence[str]) -> list[Evidence]:

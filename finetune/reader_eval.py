@@ -18,6 +18,7 @@ from pathlib import Path
 from candor.finetune.evaluate import EvalItem
 from candor.finetune.metrics import Scored, exact_match, summarize, token_f1
 from candor.reader import Evidence, PassageReader
+from candor.refusal_score import refusal_confidence
 
 
 def best_evidence(reader: PassageReader, question: str, passages: Sequence[str]) -> Evidence | None:
@@ -27,12 +28,15 @@ def best_evidence(reader: PassageReader, question: str, passages: Sequence[str])
     return max(reader.read(question, passages), key=lambda ev: ev.answerable)
 
 
-def score_item(item: EvalItem, ev: Evidence | None) -> Scored:
+def score_item(item: EvalItem, ev: Evidence | None, retrieval_scores: Sequence[float] | None = None) -> Scored:
+    """The item's refusal confidence as the service computes it: 1 - P, raised by a weak best retrieval match
+    when the retrieval scores are given (``candor.refusal_score.refusal_confidence``)."""
     p = 0.0 if ev is None else ev.answerable
     span = "" if ev is None else ev.text
     em = exact_match(span, item.answers) if item.answers and not item.should_refuse else 0.0
     f1 = token_f1(span, item.answers) if item.answers and not item.should_refuse else 0.0
-    return Scored(item.should_refuse, False, 1.0 - p, em, f1, item.category)
+    conf = refusal_confidence(None, retrieval_scores, p)
+    return Scored(item.should_refuse, False, 1.0 - p if conf is None else conf, em, f1, item.category)
 
 
 def squad2_scores(items: Sequence[Scored], threshold: float | None) -> dict:
@@ -57,25 +61,60 @@ def squad2_scores(items: Sequence[Scored], threshold: float | None) -> dict:
     }
 
 
+RAG_CATEGORIES = ("answerable", "unanswerable", "answerable_retrieval_miss", "unanswerable_retrieval_miss")
+
+
+def rag_reader_items(
+    retriever, questions, collection: str, k: int, min_retrieval_score: float
+) -> tuple[list[EvalItem], list[list[float]]]:
+    """Each question with what retrieval gives it, as the service reads it (no generation).
+
+    The passages are the top k the collection returns; when the retrieval gate would refuse (nothing at or
+    above ``min_retrieval_score``) the reader gets no passage, so P(answerable) is 0 as the service's
+    refusal is. The question should be refused when it is unanswerable or retrieval missed its gold
+    paragraph (the same rule as ``candor eval --mode rag``).
+    """
+    from candor.prompts import ContextChunk
+    from candor.service.refusal_policy import retrieval_gate
+
+    items, scores = [], []
+    for q in questions:
+        hits = retriever.retrieve(q.question, collection, k)
+        scores.append([float(h.score) for h in hits])
+        gold = q.doc_id in {h.doc_id for h in hits}
+        passes = retrieval_gate([float(h.score) for h in hits], min_retrieval_score).passed
+        chunks = [ContextChunk(h.text, h.title) for h in hits] if passes else []
+        cat = ("unanswerable" if q.is_impossible else "answerable") + ("" if gold else "_retrieval_miss")
+        items.append(EvalItem(q.id, cat, q.question, chunks, list(q.answers), q.is_impossible or not gold))
+    return items, scores
+
+
 def evaluate_reader(
     reader: PassageReader,
     items: Sequence[EvalItem],
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,
+    headline: Sequence[str] = ("answerable", "unanswerable"),
+    retrieval_scores: Sequence[Sequence[float]] | None = None,
 ) -> dict:
-    """Score every item with the reader; metrics at ``threshold`` (default: the reader's own)."""
+    """Score every item with the reader; metrics at ``threshold`` (default: the reader's own).
+
+    ``headline``: the categories the decision metrics cover (oracle: SQuAD's own questions, the derived
+    ones apart; RAG: every question, retrieval misses included). ``retrieval_scores`` (RAG, one list per
+    item): the confidence is the served one, 1 - P raised by a weak best retrieval match.
+    """
     threshold = reader.threshold if threshold is None else threshold
     t0 = time.monotonic()
     scored: list[Scored] = []
-    for item in items:
+    for i, item in enumerate(items):
         ev = best_evidence(reader, item.question, [c.text for c in item.chunks])
-        scored.append(score_item(item, ev))
+        scored.append(score_item(item, ev, None if retrieval_scores is None else retrieval_scores[i]))
         if progress is not None:
             progress(1)
     wall = time.monotonic() - t0
     # headline figures over the data's own questions; derived categories (retrieval_miss, no_context) apart
-    own = [x for x in scored if x.category in ("answerable", "unanswerable")]
-    extra = sorted({x.category for x in scored} - {"answerable", "unanswerable"})
+    own = [x for x in scored if x.category in headline]
+    extra = sorted({x.category for x in scored} - set(headline))
     return {
         "threshold": threshold,
         "squad2": squad2_scores(scored, threshold),

@@ -23,7 +23,7 @@ from candor.decision import READER, VERIFIER, resolve_threshold, threshold_env
 from candor.errors import InvalidInputError, NotFoundError
 from candor.feedback.store import AnswerStore
 from candor.ingest.retriever import Retriever
-from candor.reader import AnswerabilityReader, PassageReader
+from candor.reader import PassageReader, load_reader
 from candor.retrain.readers import serving_reader_folder
 from candor.service import (
     routes_answers,
@@ -103,7 +103,7 @@ def load_answerability(settings: Settings) -> PassageReader | None:
     check_answerability(settings)
     if settings.reader_path is not None:  # the reader registry's current version, else CANDOR_READER_PATH
         folder = serving_reader_folder(settings)
-        model: PassageReader = AnswerabilityReader(folder, settings.resolved_embed_model_path)
+        model: PassageReader = load_reader(folder, settings)
     elif settings.verifier_path is not None:
         model = AnswerabilityVerifier(settings.verifier_path, settings.resolved_embed_model_path)
     else:
