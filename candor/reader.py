@@ -49,7 +49,7 @@ class ReaderMeta:
     threshold: float | None = None  # refusal threshold on 1 - P(answerable), chosen on validation
     validation: dict | None = None
     training: dict = field(default_factory=dict)
-    int8: dict | None = None  # {"threshold", "validation"}: the int8 variant's own, from `candor finetune quantize-reader`
+    int8: dict | None = None  # the int8 variant's own threshold and validation (`candor finetune quantize-reader`)
 
     @classmethod
     def read(cls, folder: Path) -> ReaderMeta:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from fixtures.finetune import write_tiny_squad
 
-from candor.finetune.evaluate import EvalItem
 from candor.finetune.reader_eval import RAG_CATEGORIES, evaluate_reader, rag_reader_items, score_item
 from candor.finetune.squad import Question
 from candor.reader import AnswerabilityReader, Evidence, ReaderMeta, load_reader
