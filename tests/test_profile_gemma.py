@@ -83,3 +83,35 @@ def test_gemma_served_over_tgi(gemma_model_dir: Path, tmp_path: Path) -> None:
         assert body["details"]["prefill"] == [] or body["details"]["prefill"][0]["id"] == 2
     finally:
         server.stop()
+
+
+def test_gemma_training_rows_cover_the_answer_and_its_end_of_turn(gemma_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from candor.finetune.collate import IGNORE, encode_example
+
+    tok = AutoTokenizer.from_pretrained(gemma_model_dir, local_files_only=True)
+    msgs = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Paris."}]
+    enc = encode_example(tok, msgs, answerable=True)
+    learned = [t for t, label in zip(enc.input_ids, enc.labels, strict=True) if label != IGNORE]
+    assert learned == [*tok("Paris.", add_special_tokens=False)["input_ids"], GEMMA3_270M.end_of_turn_id(tok)]
+    assert enc.input_ids[0] == tok.bos_token_id and enc.labels[-1] == IGNORE  # the closing newline is not learned
+    assert GEMMA3_270M.refusal_token_ids(tok)[-1] == GEMMA3_270M.end_of_turn_id(tok)
+
+
+@pytest.mark.parametrize("profile_name", ["smollm2-135m", "gemma3-270m"])
+def test_the_probe_prompt_is_the_templates_user_turn(profile_name, base_model_dir, gemma_model_dir) -> None:
+    """The hot swap's probe (rendered without a tokenizer) is what the model's own template writes."""
+    from transformers import AutoTokenizer
+
+    from candor.profile import end_of_turn_id, get_profile
+
+    profile = get_profile(profile_name)
+    folder = gemma_model_dir if profile_name == "gemma3-270m" else base_model_dir
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hello"}]
+    rendered = tok.apply_chat_template(
+        msgs[1:] if profile.chat_template else msgs, tokenize=False, add_generation_prompt=True
+    )
+    assert rendered.endswith(profile.render_user_turn("Hello"))
+    assert end_of_turn_id(tok) == profile.end_of_turn_id(tok)
