@@ -12,27 +12,14 @@ reader's threshold. Reports p50/p95/mean in ms and the load. Not a test: nothing
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from pathlib import Path
-
-from bench_verifier import question_sets
-from common import RESULTS, finish_report, percentile, report_header
+from bench_verifier import bench_args, question_sets, time_per_question
+from common import finish_report, report_header
 
 from candor.decision import READER, decide
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reader", type=Path, default=REPO / "models" / "candor-reader")
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--questions", type=int, default=100)
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--out", type=Path, default=RESULTS / "reader.json")
-    args = ap.parse_args()
+    args = bench_args(__doc__, "reader")
 
     import torch
 
@@ -49,21 +36,9 @@ def main() -> None:
         threshold = reader.threshold if reader.threshold is not None else 0.5
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
-            for q, ps in sets[:5]:  # warm-up
-                reader.read(q, ps)
-            times, refused = [], []
-            for q, ps in sets:
-                t0 = time.perf_counter()
-                p = reader.answerable_probability(q, ps)
-                times.append(1000 * (time.perf_counter() - t0))
-                refused.append(decide(1.0 - p, threshold, layer=READER) is not None)
-            decisions[variant] = refused
             key = f"{variant}/threads{threads}"
-            report["by_variant"][key] = {
-                "p50_ms": round(percentile(times, 50), 1),
-                "p95_ms": round(percentile(times, 95), 1),
-                "mean_ms": round(statistics.fmean(times), 1),
-            }
+            report["by_variant"][key], scores = time_per_question(reader.answerable_probability, sets)
+            decisions[variant] = [decide(1.0 - p, threshold, layer=READER) is not None for p in scores]
             print(key, report["by_variant"][key])
     same = sum(a == b for a, b in zip(decisions["float32"], decisions["int8"], strict=True))
     report["int8_same_decision"] = round(same / len(sets), 4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import RESULTS, finish_report, percentile, report_header, squad_paragraphs, squad_questions
@@ -40,14 +41,36 @@ def question_sets(n: int, k: int) -> list[tuple[str, list[str]]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--verifier", type=Path, default=REPO / "models" / "candor-verifier")
+def bench_args(doc: str, model: str) -> argparse.Namespace:
+    """``--MODEL`` (default models/candor-MODEL), ``--k``, ``--questions``, ``--threads``, ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument(f"--{model}", type=Path, default=REPO / "models" / f"candor-{model}")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--questions", type=int, default=100)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--out", type=Path, default=RESULTS / "verifier.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=RESULTS / f"{model}.json")
+    return ap.parse_args()
+
+
+def time_per_question(score: Callable[[str, list[str]], float], sets: list[tuple[str, list[str]]]):
+    """``score`` on each question alone, as the API calls it, after a warm-up of five: (p50/p95/mean ms, scores)."""
+    for q, ps in sets[:5]:
+        score(q, ps)
+    times, scores = [], []
+    for q, ps in sets:
+        t0 = time.perf_counter()
+        scores.append(score(q, ps))
+        times.append(1000 * (time.perf_counter() - t0))
+    summary = {
+        "p50_ms": round(percentile(times, 50), 1),
+        "p95_ms": round(percentile(times, 95), 1),
+        "mean_ms": round(statistics.fmean(times), 1),
+    }
+    return summary, scores
+
+
+def main() -> None:
+    args = bench_args(__doc__, "verifier")
 
     import torch
 
@@ -61,18 +84,7 @@ def main() -> None:
     report.update({"verifier": str(args.verifier), "k": args.k, "questions": len(sets), "by_threads": {}})
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        for q, ps in sets[:5]:  # warm-up
-            verifier.answerable_probability(q, ps)
-        times = []
-        for q, ps in sets:
-            t0 = time.perf_counter()
-            verifier.answerable_probability(q, ps)
-            times.append(1000 * (time.perf_counter() - t0))
-        report["by_threads"][str(threads)] = {
-            "p50_ms": round(percentile(times, 50), 1),
-            "p95_ms": round(percentile(times, 95), 1),
-            "mean_ms": round(statistics.fmean(times), 1),
-        }
+        report["by_threads"][str(threads)], _ = time_per_question(verifier.answerable_probability, sets)
         print(threads, report["by_threads"][str(threads)])
     finish_report(report, args.out)
 
