@@ -60,27 +60,35 @@ def test_gemma_prepared_with_the_profiles_template(gemma_model_dir: Path) -> Non
     assert answer == [*tok("A", add_special_tokens=False)["input_ids"], end_of_turn_id(tok)]
 
 
-def test_gemma_served_over_tgi(gemma_model_dir: Path, tmp_path: Path) -> None:
-    from fixtures.model import start_model_server
+def test_gemma_served_over_tgi_with_an_adapter(gemma_model_dir: Path, test_cache_dir: Path, tmp_path: Path) -> None:
+    """The base model and a LoRA adapter on it (PEFT, naming google/gemma-3-270m), one server, TGI's /generate."""
+    from fixtures.model import make_tiny_adapter, start_model_server
 
     from candor.service.chat_template import PromptRenderer
 
-    server = start_model_server(gemma_model_dir, tmp_path, env={"CANDOR_MODEL_PROFILE": GEMMA3_270M.name})
+    adapter = make_tiny_adapter(
+        gemma_model_dir, test_cache_dir / "gemma3-270m-tiny-adapter", base_model_name=GEMMA3_270M.model_id
+    )
+    server = start_model_server(
+        gemma_model_dir, tmp_path, adapters={"tiny": adapter}, env={"CANDOR_MODEL_PROFILE": GEMMA3_270M.name}
+    )
     try:
         info = httpx.get(f"{server.url}/info", timeout=30).json()
         assert info["model_id"] == "google/gemma-3-270m" and info["model_device_type"] == "cpu"
+        assert info["adapters"] == ["tiny"]
         prompt = PromptRenderer(gemma_model_dir).render([{"role": "user", "content": "The capital of France is"}])
         assert prompt.startswith("<bos><start_of_turn>user\n")
-        r = httpx.post(
-            f"{server.url}/generate",
-            json={"inputs": prompt, "parameters": {"max_new_tokens": 12, "do_sample": False, "details": True}},
-            timeout=300,
-        )
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["generated_text"].strip(), body
-        assert body["details"]["generated_tokens"] >= 1
-        assert body["details"]["prefill"] == [] or body["details"]["prefill"][0]["id"] == 2
+        texts = {}
+        for adapter_id in (None, "tiny"):
+            params = {"max_new_tokens": 8, "do_sample": False, "details": True}
+            if adapter_id:
+                params["adapter_id"] = adapter_id
+            r = httpx.post(f"{server.url}/generate", json={"inputs": prompt, "parameters": params}, timeout=300)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["generated_text"].strip() and body["details"]["generated_tokens"] >= 1, body
+            texts[adapter_id] = body["generated_text"]
+        assert texts[None] != texts["tiny"]  # the adapter's weights are applied
     finally:
         server.stop()
 
