@@ -4,14 +4,13 @@ Loss covers the assistant's answer and the token that closes its turn only (read
 from the tokenizer's chat template, ``candor.profile.end_of_turn_id``; the prompt,
 and the newline the template adds after it, are masked), so the model learns
 to answer *and to stop*; pad shares eos's id in SmolLM2, which
-is why the mask is built from positions, never from pad ids. Batches are
-grouped by length so that short refusal examples do not pay for the padding of
-long multi-passage ones.
+is why the mask is built from positions, never from pad ids. The trainer groups
+batches by length (the library's sampler) so that short refusal examples do not
+pay for the padding of long multi-passage ones; ``ChatCollator`` pads them.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from candor.profile import end_of_turn_id
@@ -43,37 +42,29 @@ def encode_example(tokenizer, messages: list[dict[str, str]], answerable: bool, 
     return Encoded(full_ids, labels, answerable, category)
 
 
-def length_grouped_batches(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, group_factor: int = 32
-) -> list[list[int]]:
-    """A deterministic epoch order: shuffle, sort within mega-batches by length, shuffle the batches.
-
-    Deterministic for (seed, epoch), so a resumed run regenerates the same order and skips what it did.
-    """
-    rng = random.Random(f"batches:{seed}:{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * group_factor
-    batches: list[list[int]] = []
-    for start in range(0, len(order), mega):
-        group = sorted(order[start : start + mega], key=lambda i: lengths[i])
-        batches.extend(group[j : j + batch_size] for j in range(0, len(group), batch_size))
-    rng.shuffle(batches)
-    return batches
+def as_row(e: Encoded) -> dict:
+    """A dataset row for the trainer: ``flag`` marks the rows the KL covers (answerable ones, or the loop's
+    base rows); the trainer's length grouping reads ``input_ids``' length."""
+    return {"input_ids": e.input_ids, "labels": e.labels, "flag": e.answerable}
 
 
-def pad_batch(items: list[Encoded], pad_id: int):
-    """Right-padded tensors: input_ids, attention_mask, labels, answerable flags."""
-    import torch
+@dataclass
+class ChatCollator:
+    """Right-padded tensors for the trainer: input_ids, attention_mask, labels, flag."""
 
-    width = max(len(x.input_ids) for x in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    for i, x in enumerate(items):
-        n = len(x.input_ids)
-        ids[i, :n] = torch.tensor(x.input_ids)
-        mask[i, :n] = 1
-        labels[i, :n] = torch.tensor(x.labels)
-    answerable = torch.tensor([x.answerable for x in items], dtype=torch.bool)
-    return ids, mask, labels, answerable
+    pad_id: int
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            mask[i, :n] = 1
+            labels[i, :n] = torch.tensor(r["labels"])
+        flag = torch.tensor([bool(r["flag"]) for r in rows], dtype=torch.bool)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "flag": flag}

@@ -12,8 +12,9 @@
    holds only what changed).
 4. Loop: ``transformers.Trainer``: dynamic padding, length-grouped batches,
    linear warmup and decay over the epochs, checkpoints every ``save_steps``
-   and resume from the newest. Candor adds one callback: a per-invocation time
-   budget that saves and stops, so a run longer than a sitting goes on later.
+   and resume from the newest. Candor adds one callback (``candor.finetune.trainer.TimeBudget``,
+   shared with the adapter's and the verifier's trainer): a per-invocation time budget that saves
+   and stops, so a run longer than a sitting goes on later.
 5. Validation: P(answerable) per validation example (``candor.reader``), the
    AUROC of 1 - P, the minimax threshold, and SQuAD 2.0 EM/F1 (HasAns/NoAns).
 """
@@ -161,33 +162,6 @@ def features(tokenizer, examples: list[ReaderExample], cfg: ReaderConfig) -> lis
     return out
 
 
-class _TimeBudget:
-    """Trainer callback: save and stop once this invocation has used its budget."""
-
-    def __new__(cls, minutes: float):
-        from transformers import TrainerCallback
-
-        class TimeBudget(TrainerCallback):
-            def __init__(self) -> None:
-                self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
-                self.stopped_early = False
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    control.should_save = True
-                    control.should_training_stop = True
-                    self.stopped_early = True
-                return control
-
-        return TimeBudget()
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-
-
 def score_examples(model, tokenizer, examples: list[ReaderExample], cfg: ReaderConfig, batch: int = 32) -> list:
     """The reader's Evidence for each example's own passage, with the model as it is now."""
     import torch
@@ -292,6 +266,8 @@ def train_reader(cfg: ReaderConfig, base_path: Path, base_model: str, resume: bo
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    from candor.finetune.trainer import TimeBudget, last_checkpoint
+
     torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,7 +304,7 @@ def train_reader(cfg: ReaderConfig, base_path: Path, base_model: str, resume: bo
         dataloader_num_workers=0,
         use_cpu=True,
     )
-    budget = _TimeBudget(cfg.time_budget_minutes)
+    budget = TimeBudget(cfg.time_budget_minutes)  # per invocation: the next one resumes
     trainer = Trainer(
         model=model,
         args=args,

@@ -15,8 +15,9 @@ articles choose the threshold; dev is never touched). Four kinds of pair:
 Model: the embedding encoder (all-MiniLM-L6-v2) with a one-logit head, word
 embeddings frozen (they are half the weights and the saved folder then holds
 only the encoder layers and head), BCE, AdamW, linear warmup and decay,
-length-grouped batches, bf16 autocast where the CPU runs bf16 fast (else float32). Checkpoints (trainable tensors,
-optimizer, step, RNG) every ``save_steps``; ``resume`` continues the newest.
+length-grouped batches, bf16 autocast where the CPU runs bf16 fast (else float32). It trains through the one
+training loop (``candor.finetune.trainer``: ``transformers.Trainer`` with the BCE as its loss): checkpoints
+every ``save_steps`` and at the end, ``resume`` continues the newest, a time budget saves and stops.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ import logging
 import math
 import random
 import re
-import resource
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,19 +132,6 @@ def pair_stats(pairs: list[Pair]) -> dict:
     return {"pairs": len(pairs), "positive": sum(p.label for p in pairs), "by_kind": counts}
 
 
-def _batches(pairs: list[Pair], size: int, rng: random.Random) -> list[list[Pair]]:
-    """Length-grouped: sort within windows of 50 batches, then shuffle the batches."""
-    order = list(pairs)
-    rng.shuffle(order)
-    out = []
-    window = size * 50
-    for i in range(0, len(order), window):
-        chunk = sorted(order[i : i + window], key=lambda p: len(p.question) + len(p.passage))
-        out += [chunk[j : j + size] for j in range(0, len(chunk), size)]
-    rng.shuffle(out)
-    return out
-
-
 def _encode(tokenizer, batch: list[Pair], max_length: int):
     return tokenizer(
         [p.question for p in batch],
@@ -200,27 +186,24 @@ def save_verifier(model, folder: Path, cfg: VerifierConfig, base_path: Path, val
     VerifierMeta(FORMAT, describe_base_model(base_path), cfg.max_length, threshold, validation).write(folder)
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / "checkpoints").glob("step-*.pt"))
-    return found[-1] if found else None
+def bce_loss(model, inputs: dict, global_step: int):
+    """The verifier's loss for the trainer: BCE of the one logit against the 0/1 label."""
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    logits = model(**inputs).logits[:, 0]
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return loss, {}
 
 
-def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
-    import torch
-
-    ckdir = out / "checkpoints"
-    ckdir.mkdir(parents=True, exist_ok=True)
-    tmp = ckdir / ".tmp.pt"
-    payload = {
-        "trainable": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "state": state,
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-    }
-    torch.save(payload, tmp)
-    tmp.rename(ckdir / f"step-{state['step']:06d}.pt")
-    for old in sorted(ckdir.glob("step-*.pt"))[:-1]:
-        old.unlink()
+def _features(tokenizer, pairs: list[Pair], max_length: int) -> list[dict]:
+    """Each pair tokenised once (no padding: the collator pads a batch; the sampler groups by length)."""
+    enc = tokenizer(
+        [p.question for p in pairs], [p.passage for p in pairs], truncation="only_second", max_length=max_length
+    )
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": float(p.label)} for i, p in enumerate(pairs)]
 
 
 def train_verifier(
@@ -228,7 +211,6 @@ def train_verifier(
 ) -> dict:
     """Train, validate on the held-out articles, write the verifier folder; returns the summary."""
     import torch
-    from tqdm import tqdm
 
     apply_thread_settings(cfg.torch_threads)
     random.seed(cfg.seed)
@@ -244,90 +226,72 @@ def train_verifier(
     if not train_pairs:
         raise InvalidInputError("no training pairs: the train side of the split has no questions")
 
+    from transformers import DataCollatorWithPadding
+
+    from candor.finetune.trainer import (
+        CandorTrainer,
+        JsonlLog,
+        RunFacts,
+        TimeBudget,
+        last_checkpoint,
+        run,
+        spent_before,
+        training_arguments,
+    )
+
     tokenizer, model = load_classifier(base_path)
     for p in model.bert.embeddings.parameters():
         p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
     max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(per_epoch * cfg.num_train_epochs)
-    budget_s = cfg.time_budget_minutes * 60
 
     # what a checkpoint's batch position means: resuming under other settings would train other batches
     plan = {"seed": cfg.seed, "batch_size": cfg.batch_size, "pairs": len(train_pairs), "max_length": cfg.max_length}
-    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "plan": plan}
-    ckpt = _latest_checkpoint(out) if resume else None
+    ckdir = out / "checkpoints"
+    ckpt = last_checkpoint(ckdir) if resume else None
     if ckpt is not None:
-        payload = torch.load(ckpt, weights_only=False)
-        saved_plan = payload["state"].get("plan")
+        saved_plan = json.loads((out / "plan.json").read_text()) if (out / "plan.json").exists() else None
         if saved_plan is not None and saved_plan != plan:
             raise InvalidInputError(
                 f"{ckpt} was made with {saved_plan}, this run has {plan}: start over with --fresh "
                 "or restore the settings"
             )
-        model.load_state_dict(payload["trainable"], strict=False)
-        optimizer.load_state_dict(payload["optimizer"])
-        state = payload["state"]
-        random.setstate(payload["rng"]["python"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        log.info("resumed from %s (step %d)", ckpt.name, state["step"])
-    else:  # a fresh start: no old checkpoint to resume later, no old log lines
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / "train_log.jsonl").unlink(missing_ok=True)
-
-    def lr_at(step: int, elapsed: float) -> float:
-        progress_ = max(step / max_steps, elapsed / budget_s if budget_s else 0.0)
-        warm = max(1, int(cfg.warmup_ratio * max_steps))
-        return cfg.learning_rate * min(1.0, (step + 1) / warm) * max(0.0, 1.0 - progress_)
-
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    log_path = out / "train_log.jsonl"
-    started = time.monotonic() - state["elapsed"]
-    stop_reason = "max_steps"
-    model.train()
-    bar = tqdm(total=max_steps, initial=state["step"], disable=not progress, desc="verifier")
-    with log_path.open("a", encoding="utf-8") as logf:
-        while state["step"] < max_steps:
-            # the epoch's batch order is a function of (seed, epoch): a resumed run skips what it did
-            batches = _batches(train_pairs, cfg.batch_size, random.Random(f"{cfg.seed}:epoch:{state['epoch']}"))
-            while state["batch"] < len(batches) and state["step"] < max_steps:
-                batch = batches[state["batch"]]
-                elapsed = time.monotonic() - started
-                if budget_s and elapsed >= budget_s:
-                    stop_reason = "time_budget"
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(state["step"], elapsed)
-                enc = _encode(tokenizer, batch, cfg.max_length)
-                labels = torch.tensor([float(p.label) for p in batch])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=auto_float_dtype() == "bfloat16"):
-                    logits = model(**enc).logits[:, 0]
-                loss = loss_fn(logits.float(), labels)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                state["batch"] += 1
-                state["elapsed"] = time.monotonic() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                if state["step"] % cfg.logging_steps == 0:
-                    row = {"step": state["step"], "loss": round(loss.item(), 4), "lr": group["lr"]}
-                    logf.write(json.dumps({**row, "elapsed_s": round(state["elapsed"], 1)}) + "\n")
-                    logf.flush()
-                if cfg.save_steps and state["step"] % cfg.save_steps == 0:
-                    _save_checkpoint(out, model, optimizer, state)
-            if stop_reason == "time_budget":
-                break
-            if state["batch"] >= len(batches):
-                state["epoch"] += 1
-                state["batch"] = 0
-    bar.close()
-    if not cfg.save_steps or state["step"] % cfg.save_steps:
-        # the end is a checkpoint too: running again resumes here and rewrites the same verifier
-        _save_checkpoint(out, model, optimizer, state)
-    train_seconds = time.monotonic() - started
+        log.info("resuming from %s", ckpt)
+    else:  # a fresh start: no old checkpoint to resume later
+        shutil.rmtree(ckdir, ignore_errors=True)
+    (out / "plan.json").write_text(json.dumps(plan) + "\n", encoding="utf-8")
+    budget = TimeBudget(cfg.time_budget_minutes, spent_before(ckpt))
+    facts = RunFacts(budget)
+    args = training_arguments(
+        ckdir,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        max_steps=max_steps,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        train_sampling_strategy="group_by_length",
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps or max_steps,
+        save_total_limit=1,
+        seed=cfg.seed,
+        use_cpu=True,  # score_pairs and the service run the verifier on the CPU
+        bf16=auto_float_dtype() == "bfloat16",
+        include_num_input_tokens_seen="no",
+    )
+    trainer = CandorTrainer(
+        model=model,
+        args=args,
+        train_dataset=_features(tokenizer, train_pairs, cfg.max_length),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[budget, JsonlLog(out / "train_log.jsonl", budget), facts],
+        loss_fn=bce_loss,
+        budget=budget,
+        schedule="linear",
+        warmup=int(cfg.warmup_ratio * max_steps),
+    )
+    run(trainer, ckpt, progress)
+    steps, train_seconds = facts.facts["steps"], facts.facts["train_time_s"]
     validation = None
     if val_pairs:
         validation = validation_report(val_pairs, score_pairs(model, tokenizer, val_pairs, cfg.max_length))
@@ -337,11 +301,11 @@ def train_verifier(
         "base_model": describe_base_model(base_path),
         "train": pair_stats(train_pairs),
         "val_articles": sorted(val_articles),
-        "steps": state["step"],
-        "stop_reason": stop_reason,
-        "train_seconds": round(train_seconds, 1),
-        "pairs_per_second": round(state["step"] * cfg.batch_size / max(train_seconds, 1e-9), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "steps": steps,
+        "stop_reason": facts.facts["stop_reason"],
+        "train_seconds": train_seconds,
+        "pairs_per_second": round(steps * cfg.batch_size / max(train_seconds, 1e-9), 2),
+        "peak_rss_mb": facts.facts["peak_rss_mb"],
         "compute_dtype": auto_float_dtype(),
         "validation": validation,
     }

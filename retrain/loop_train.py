@@ -12,7 +12,8 @@ copy taken at step 0), and with ``loop.anchor_base_rows`` the KL covers every
 base row and no feedback row: today's behaviour is held everywhere except
 where the pairs pull (``anchor_base_rows`` below).
 
-A loop run is short, so there are no checkpoints: a failed run is rerun by
+It trains through the one training loop (``candor.finetune.train.fit``: ``transformers.Trainer`` with
+the recipe's loss). A loop run is short, so there are no checkpoints: a failed run is rerun by
 ``dvc repro``. It writes ``adapter/``, ``train_log.jsonl``, ``loss.csv`` (the
 plot) and ``train_summary.json`` into ``output_dir``.
 """
@@ -22,19 +23,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import random
 import shutil
-import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune import train as ft
-from candor.finetune.collate import length_grouped_batches, pad_batch
-from candor.finetune.distill import kl_loss
-from candor.finetune.train import head_logits
 from candor.hardware import resolve_dtype
 from candor.settings import apply_thread_settings
 
@@ -74,38 +70,14 @@ def anchor_base_rows(examples: list[Any]) -> None:
         e.answerable = e.category not in FEEDBACK_CATEGORIES
 
 
-def loop_loss(model: Any, batch: Any, cfg: Any, teacher: Any, base_ce_weight: float) -> tuple[Any, dict]:
-    """The fine-tuning loss with base rows' CE scaled by ``base_ce_weight``.
-
-    ``batch``'s fourth tensor marks base rows (``anchor_base_rows``). At 0 a
-    base row only contributes the KL to the starting adapter: replay by
-    distillation, today's behaviour held in place, while the feedback rows'
-    CE carries the change. At 1 this is ``candor.finetune.train.compute_loss``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    ids, mask, labels, base_row = batch
-    target = labels[:, 1:]
-    pos = (target != -100).nonzero()
-    gold = target[pos[:, 0], pos[:, 1]]
-    logits = head_logits(model, ids, mask, pos)
-    ce = F.cross_entropy(logits.float(), gold, reduction="none")
-    first = torch.ones_like(ce, dtype=torch.bool)
-    first[1:] = pos[1:, 0] != pos[:-1, 0]
-    on_base = base_row[pos[:, 0]]
-    w = torch.where(first, cfg.first_token_weight, 1.0) * torch.where(on_base, base_ce_weight, 1.0)
-    ce_loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
-    parts = {"ce": float(ce_loss.detach()), "n_tokens": int(ids.numel()), "n_loss_tokens": int(len(gold))}
-    loss = ce_loss
-    if cfg.distill_lambda > 0 and teacher is not None and bool(on_base.any()):
-        with torch.no_grad(), teacher():
-            t_logits = head_logits(model, ids, mask, pos[on_base])
-        kl = kl_loss(logits[on_base], t_logits, cfg.distill_tau)
-        loss = loss + cfg.distill_lambda * kl
-        parts["kl"] = float(kl.detach())
-    parts["loss"] = float(loss.detach())
-    return loss, parts
+def loop_loss_spec(cfg: Any, anchor: bool, base_ce_weight: float) -> Any:
+    """The fine-tuning loss, re-aimed: with ``anchor`` the KL covers the base rows (the batch's flag,
+    ``anchor_base_rows``) and their CE is scaled by ``base_ce_weight``. At 0 a base row only contributes
+    the KL to the starting adapter: replay by distillation, today's behaviour held in place, while the
+    feedback rows' CE carries the change. At 1 (or without ``anchor``) it is the fine-tuning loss."""
+    if not anchor:
+        return ft.loss_spec(cfg)
+    return ft.loss_spec(cfg, flagged_ce_weight=base_ce_weight, kl_rows="flagged")
 
 
 def train_from(
@@ -119,15 +91,12 @@ def train_from(
     """Train ``cfg`` (a ``candor.finetune.train.TrainConfig``) starting from ``init_adapter``."""
     apply_thread_settings(cfg.torch_threads)
     import torch
-    from tqdm import tqdm
     from transformers import AutoTokenizer
 
     out = Path(cfg.output_dir)
     shutil.rmtree(out, ignore_errors=True)  # a stage output: always rebuilt whole
     out.mkdir(parents=True)
-    base_path = Path(cfg.base_model_path) if cfg.base_model_path else settings.resolved_base_model_path
-    if not (base_path / "config.json").exists():
-        raise NotFoundError(f"base model not found at {base_path} (run `candor model prepare`)")
+    base_path = ft.base_model_path(cfg, settings)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
@@ -135,7 +104,6 @@ def train_from(
     _check_feedback_kept(Path(cfg.train_file), examples, cfg.max_length)
     if anchor:
         anchor_base_rows(examples)
-    lengths = [len(e.input_ids) for e in examples]
     model, precision = ft.load_model(cfg, base_path)
     if init_adapter is not None:
         from peft import PeftModel
@@ -150,94 +118,33 @@ def train_from(
     else:
         model = ft.attach_lora(model, cfg)
         log.info("no adapter to start from: a fresh LoRA")
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    teacher = None
-    if cfg.distill_lambda > 0:
-        teacher = ft.SnapshotTeacher(params) if cfg.teacher == "snapshot" else model.disable_adapter
-    batches_per_epoch = len(length_grouped_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, 0))
-    steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
-    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
-    budget_s = cfg.time_budget_minutes * 60
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-
-    epoch, cursor, tokens, step = 0, 0, 0, 0
-    batches = length_grouped_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, epoch)
-    records: list[dict[str, Any]] = []
-    stop_reason = "max_steps"
-    t0 = time.monotonic()
-    with tqdm(total=max_steps, disable=not progress, desc="loop train", dynamic_ncols=True) as bar:
-        while step < max_steps:
-            parts_list = []
-            for _ in range(cfg.gradient_accumulation_steps):
-                if cursor >= len(batches):
-                    epoch, cursor = epoch + 1, 0
-                    batches = length_grouped_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, epoch)
-                batch = pad_batch([examples[i] for i in batches[cursor]], pad_id)
-                cursor += 1
-                if anchor:
-                    loss, parts = loop_loss(model, batch, cfg, teacher, base_ce_weight)
-                else:
-                    loss, parts = ft.compute_loss(model, batch, cfg, teacher)
-                (loss / cfg.gradient_accumulation_steps).backward()
-                parts_list.append(parts)
-                tokens += parts["n_tokens"]
-            elapsed = time.monotonic() - t0
-            lr = ft.lr_at(cfg, max(step / max_steps, elapsed / budget_s if budget_s else 0.0), step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            n = len(parts_list)
-            rec = {
-                "step": step,
-                "epoch": round(epoch + cursor / max(1, len(batches)), 3),
-                "lr": lr,
-                "loss": sum(p["loss"] for p in parts_list) / n,
-                "ce": sum(p["ce"] for p in parts_list) / n,
-                "kl": sum(p.get("kl", 0.0) for p in parts_list) / n,
-                "grad_norm": grad_norm,
-                "elapsed_s": round(time.monotonic() - t0, 1),
-            }
-            records.append(rec)
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-            if budget_s and time.monotonic() - t0 >= budget_s:
-                stop_reason = "time_budget"
-                break
+    # the snapshot teacher is the adapter we start from: taken before the first step
+    run_cfg = replace(cfg, snapshot_steps=0)
+    spec = loop_loss_spec(cfg, anchor, base_ce_weight)
+    facts = ft.fit(run_cfg, model, examples, pad_id, spec, resume=False, progress=progress, checkpoints=False)
+    records = facts.pop("loss")
     ft.save_adapter(model, out / "adapter", cfg)
-    with (out / "train_log.jsonl").open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r) + "\n")
     with (out / "loss.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["step", "loss", "ce", "kl"])
         for r in records:
-            w.writerow([r["step"], round(r["loss"], 5), round(r["ce"], 5), round(r["kl"], 5)])
-    seconds = time.monotonic() - t0
+            w.writerow([r["step"], round(r["loss"], 5), round(r["ce"], 5), round(r.get("kl", 0.0), 5)])
     summary = {
-        "steps": step,
-        "max_steps": max_steps,
-        "stop_reason": stop_reason,
+        **{k: facts[k] for k in ("steps", "max_steps", "stop_reason")},
         "init_adapter": str(init_adapter) if init_adapter else None,
         "train_examples": len(examples),
         "dropped_too_long": dropped,
-        "tokens": tokens,
-        "train_time_s": round(seconds, 1),
-        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+        **{k: facts[k] for k in ("tokens", "train_time_s", "tokens_per_s")},
         "first_loss": records[0]["loss"] if records else None,
         "last_loss": records[-1]["loss"] if records else None,
-        "peak_rss_mb": round(ft.peak_rss_mb(), 1),
+        "peak_rss_mb": facts["peak_rss_mb"],
         "precision": precision,
         "compute_dtype": resolve_dtype(cfg.compute_dtype),
         "kl_on": "base rows" if anchor else cfg.kl_tokens,
         "base_ce_weight": base_ce_weight if anchor else 1.0,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": facts["torch_threads"],
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -8,7 +8,7 @@ from pathlib import Path
 import fixtures.finetune as ft_fixtures
 import pytest
 
-from candor.finetune.collate import IGNORE, encode_example, length_grouped_batches
+from candor.finetune.collate import IGNORE, ChatCollator, as_row, encode_example
 from candor.finetune.train import HUB_BASE_ID, TrainConfig, train
 from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
 
@@ -61,9 +61,15 @@ def test_labels_cover_answer_and_end_token_only(ft_base_model: Path) -> None:
     labelled = [t for t in enc.labels if t != IGNORE]
     assert tok.decode(labelled) == "Lumen<|im_end|>"
     assert enc.labels[-1] == IGNORE  # the template's trailing newline carries no loss
-    batches = length_grouped_batches([5, 1, 9, 3, 7, 2], 2, seed=1, epoch=0, group_factor=3)
-    assert sorted(i for b in batches for i in b) == list(range(6))
-    assert batches == length_grouped_batches([5, 1, 9, 3, 7, 2], 2, seed=1, epoch=0, group_factor=3)
+    short = encode_example(tok, build_messages("Q?", [], answer="No."), False)
+    batch = ChatCollator(pad_id=0)([as_row(enc), as_row(short)])
+    assert batch["flag"].tolist() == [True, False]
+    width = max(len(enc.input_ids), len(short.input_ids))
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, width)
+    n = min(len(enc.input_ids), len(short.input_ids))
+    row = 0 if len(enc.input_ids) == n else 1
+    assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)  # right padding, masked
+    assert batch["labels"][row, n:].eq(IGNORE).all()
 
 
 def test_few_steps_lower_loss_and_write_a_loadable_adapter(ft_base_model: Path, settings, tmp_path: Path) -> None:
@@ -140,5 +146,7 @@ def test_resume_continues_from_the_newest_checkpoint(ft_base_model: Path, settin
     assert [r["step"] for r in log] == [1, 2, 3]  # step 3 appended after the resume, nothing redone
     assert log[-1]["tokens"] > log[1]["tokens"]
     assert "kl" in log[-1]  # the snapshot teacher survived the resume
-    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
-    assert ckpts == ["step-000002", "step-000003"]  # save_total_limit = 2
+    assert second["resumed_from"].endswith("checkpoint-2")
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-2", "checkpoint-3"]  # save_total_limit = 2
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / "teacher_snapshot.pt").exists()

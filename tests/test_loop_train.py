@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fixtures.finetune as ft_fixtures
 import pytest
 from fixtures.core import tiny_peft_llama
 
 from candor.finetune.train import TrainConfig
+
+ft_base_model = ft_fixtures.ft_base_model
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +33,64 @@ def _batch(base_rows: list[bool]):
     ids = torch.arange(2, 12).repeat(len(base_rows), 1)
     labels = torch.full_like(ids, -100)
     labels[:, 6:] = ids[:, 6:]
-    return ids, torch.ones_like(ids), labels, torch.tensor(base_rows)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "flag": torch.tensor(base_rows)}
 
 
 def test_full_base_weight_is_the_fine_tuning_loss(tiny_peft) -> None:
-    from candor.finetune.train import compute_loss
-    from candor.retrain.loop_train import loop_loss
+    from candor.finetune.distill import distillation_loss
+    from candor.finetune.train import loss_spec
+    from candor.retrain.loop_train import loop_loss_spec
 
     cfg = TrainConfig(distill_lambda=1.0, kl_tokens="answerable", first_token_weight=2.0)
     batch = _batch([True, False])
-    ours, parts = loop_loss(tiny_peft, batch, cfg, tiny_peft.disable_adapter, base_ce_weight=1.0)
-    theirs, _ = compute_loss(tiny_peft, batch, cfg, tiny_peft.disable_adapter)
-    assert float(ours) == pytest.approx(float(theirs), rel=1e-5) and parts["kl"] > 0
+    assert loop_loss_spec(cfg, anchor=True, base_ce_weight=1.0) == loss_spec(cfg)
+    ours, parts = distillation_loss(tiny_peft, batch, loop_loss_spec(cfg, True, 1.0), tiny_peft.disable_adapter)
+    assert parts["kl"] > 0 and float(ours) == pytest.approx(parts["ce"] + parts["kl"], rel=1e-5)
 
 
 def test_zero_base_weight_leaves_base_rows_only_the_kl(tiny_peft) -> None:
-    from candor.retrain.loop_train import loop_loss
+    from candor.finetune.distill import distillation_loss
+    from candor.retrain.loop_train import loop_loss_spec
 
     cfg = TrainConfig(distill_lambda=1.0, kl_tokens="answerable")
-    only_base, parts = loop_loss(tiny_peft, _batch([True, True]), cfg, tiny_peft.disable_adapter, 0.0)
+    spec = loop_loss_spec(cfg, anchor=True, base_ce_weight=0.0)
+    only_base, parts = distillation_loss(tiny_peft, _batch([True, True]), spec, tiny_peft.disable_adapter)
     assert parts["ce"] == 0.0 and parts["kl"] > 0 and float(only_base) == pytest.approx(parts["kl"], rel=1e-5)
-    only_feedback, parts = loop_loss(tiny_peft, _batch([False]), cfg, tiny_peft.disable_adapter, 0.0)
-    assert parts["ce"] > 0 and "kl" not in parts
+    only_feedback, parts = distillation_loss(tiny_peft, _batch([False]), spec, tiny_peft.disable_adapter)
+    assert parts["ce"] > 0 and parts["kl"] == 0.0 and float(only_feedback) == pytest.approx(parts["ce"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_loop_stage_trains_through_the_trainer(ft_base_model, tmp_path, settings) -> None:
+    """``train_from`` on the real base: a fresh LoRA, base rows anchored, no checkpoints; its summary keys."""
+    import csv
+    import json
+
+    from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
+    from candor.retrain.loop_train import train_from
+
+    base = ft_base_model
+    ctx = [ContextChunk("Zorvia's capital is Lumen.", "Zorvia")]
+    rows = [
+        ("base", build_messages("What is the capital of Zorvia?", ctx, answer="Lumen")),
+        ("feedback_refusal", build_messages("Who founded Zorvia?", ctx, answer=REFUSAL_SENTENCE)),
+        ("base", build_messages("Who built the bridge?", [], answer=REFUSAL_SENTENCE)),
+        ("feedback_qa", build_messages("Capital of Zorvia?", ctx, answer="Lumen")),
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps({"category": c, "messages": m}) + "\n" for c, m in rows))
+    out = tmp_path / "train"
+    cfg = TrainConfig(
+        output_dir=str(out), train_file=str(data), base_model_path=str(base), quantization="none",
+        per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=3, lora_r=4, lora_alpha=8,
+        lora_layers=2, distill_lambda=1.0, teacher="snapshot", logging_steps=5,
+    )  # fmt: skip
+    summary = train_from(cfg, None, settings, progress=False, anchor=True, base_ce_weight=0.5)
+    assert summary["steps"] == 3 and summary["kl_on"] == "base rows" and summary["base_ce_weight"] == 0.5
+    assert summary["tokens"] > 0 and summary["tokens_per_s"] > 0 and summary["peak_rss_mb"] > 0
+    assert summary["first_loss"] > 0 and summary["last_loss"] > 0
+    with (out / "loss.csv").open() as fh:
+        assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2", "3"]  # every step, whatever logging_steps
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert not (out / "checkpoints").exists()  # a loop run keeps no checkpoints
+    assert json.loads((out / "train_summary.json").read_text()) == summary

@@ -53,7 +53,7 @@ def test_training_learns_writes_a_small_loadable_folder_and_resumes(tmp_path: Pa
     import torch
 
     from candor.answerability import load_classifier
-    from candor.finetune import verifier as verifier_mod
+    from candor.finetune.trainer import CandorTrainer
     from candor.finetune.verifier import score_pairs
 
     src = write_tiny_squad(tmp_path / "squad", "train", n_articles=6)
@@ -70,21 +70,21 @@ def test_training_learns_writes_a_small_loadable_folder_and_resumes(tmp_path: Pa
         logging_steps=1,
     )
     # a run that dies right after its step-8 checkpoint, then the same command again
-    real_save = verifier_mod._save_checkpoint
+    real_save = CandorTrainer._save_checkpoint
 
-    def save_then_crash(out_dir, model, optimizer, state):
-        real_save(out_dir, model, optimizer, state)
-        if state["step"] == 8:
+    def save_then_crash(self, model, trial):
+        real_save(self, model, trial)
+        if self.state.global_step == 8:
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(verifier_mod, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(CandorTrainer, "_save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_verifier(cfg, corpus, base, progress=False)
-    monkeypatch.setattr(verifier_mod, "_save_checkpoint", real_save)
-    assert [c.name for c in (out / "checkpoints").glob("step-*.pt")] == ["step-000008.pt"]
+    monkeypatch.setattr(CandorTrainer, "_save_checkpoint", real_save)
+    assert [c.name for c in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-8"]
     summary = train_verifier(cfg, corpus, base, progress=False)  # resumes from step 8
     assert summary["steps"] == 14
-    assert sorted((out / "checkpoints").glob("step-*.pt"))[-1].name == "step-000014.pt"  # the end is saved too
+    assert [c.name for c in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-14"]  # the end is saved too
     log_lines = (out / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log_lines] == list(range(1, 15))  # no step twice, none lost
     # the resumed run ends where one uninterrupted run does: optimizer, RNG and batch position were restored
