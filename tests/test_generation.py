@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import fixtures.finetune as ft_fixtures
 import pytest
 from fastapi import Request
 from fixtures.model import free_port
@@ -22,6 +23,8 @@ from candor.generation import (
 )
 from candor.prompts import ContextChunk, build_messages, evidence_text, fit_messages
 from candor.settings import load_settings
+
+ft_base_model = ft_fixtures.ft_base_model
 
 # answers the shipped adapter gave on the handbook set (reports/eval-handbook-reader.md)
 LOOPS = {
@@ -207,3 +210,35 @@ def test_the_client_sends_the_settings_generation_parameters() -> None:
     assert overridden["max_new_tokens"] == 5
     assert plain.get("repetition_penalty") is None and plain.get("frequency_penalty") is None
     assert json.dumps(plain)  # plain JSON, nothing else sent
+
+
+# --- the oracle applies the same parameters -----------------------------------------------------
+
+
+def test_the_oracle_frequency_penalty_counts_prompt_and_output_but_not_padding() -> None:
+    import torch
+
+    from candor.finetune.evaluate import _FrequencyPenalty
+
+    ids = torch.tensor([[0, 0, 3, 3], [2, 3, 3, 3]])  # row 0 is left-padded with two pad tokens (id 0)
+    scores = torch.zeros(2, 5)
+    out = _FrequencyPenalty(0.5, pads=[2, 0])(ids, scores)
+    assert out[0].tolist() == [0.0, 0.0, 0.0, -1.0, 0.0]  # the padding counts nothing
+    assert out[1].tolist() == [0.0, 0.0, -0.5, -1.5, 0.0]
+
+
+@pytest.mark.slow
+def test_the_oracle_generator_applies_the_served_parameters(ft_base_model) -> None:
+    from candor.finetune.evaluate import BASE, LocalGenerator
+    from candor.prompts import build_messages
+
+    gen = LocalGenerator(ft_base_model, dtype="float32")
+    prompts = [gen.render(build_messages("Describe Paris in three sentences.", []))]
+    ((plain, _, _),) = gen.generate(prompts, BASE, 24)
+    words = plain.split()
+    assert len(words) > 4
+    stop = " " + words[3]
+    ((stopped, _, _),) = gen.generate(prompts, BASE, 24, params=GenerationParams(24, stop=(stop,)))
+    assert stopped == plain[: plain.find(stop)].strip()
+    ((penalised, _, _),) = gen.generate(prompts, BASE, 24, params=GenerationParams(24, repetition_penalty=3.0))
+    assert penalised != plain
