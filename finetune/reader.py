@@ -264,9 +264,9 @@ def seed_encoder(model, verifier_dir: Path) -> int:
 def train_reader(cfg: ReaderConfig, base_path: Path, base_model: str, resume: bool = True) -> dict:
     """Train (or continue) a reader run under ``cfg.output_dir``; returns the run summary."""
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer
 
-    from candor.finetune.trainer import TimeBudget, last_checkpoint
+    from candor.finetune.trainer import TimeBudget, last_checkpoint, training_arguments
 
     torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.output_dir)
@@ -285,25 +285,13 @@ def train_reader(cfg: ReaderConfig, base_path: Path, base_model: str, resume: bo
     data_stats["train_features"] = len(feats)
     (out / "data_stats.json").write_text(json.dumps(data_stats, indent=1) + "\n", encoding="utf-8")
     log.info("reader data: %d examples -> %d features", len(train), len(feats))
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        lr_scheduler_type="linear",
-        train_sampling_strategy="group_by_length",
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        use_cpu=True,
-    )
+    knobs = {"per_device_train_batch_size": cfg.batch_size, "lr_scheduler_type": "linear", "save_total_limit": 2}
+    for name in ("learning_rate", "weight_decay", "warmup_steps", "num_train_epochs", "max_steps", "seed"):
+        knobs[name] = getattr(cfg, name)
+    knobs.update(logging_steps=cfg.logging_steps, save_steps=cfg.save_steps)
+    # the span model's own loss; the collator's extra "length" column is dropped before its forward
+    knobs.update(use_cpu=True, remove_unused_columns=True, include_num_input_tokens_seen="no")
+    args = training_arguments(out / "checkpoints", **knobs)
     budget = TimeBudget(cfg.time_budget_minutes)  # per invocation: the next one resumes
     trainer = Trainer(
         model=model,

@@ -36,6 +36,11 @@ TARGET_PRESETS = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
 HUB_BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# TrainConfig fields that are TrainingArguments fields of the same name and meaning
+SAME_NAMES = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm",
+    "num_train_epochs", "max_steps", "save_steps", "seed",
+)  # fmt: skip
 
 
 @dataclass
@@ -227,58 +232,39 @@ def fit(
     Returns the run's measured facts (``RunFacts``) plus ``resumed_from``, ``trainable_params`` and ``loss``
     (the per-step log). ``checkpoints=False`` (the retraining loop) saves none and always starts fresh.
     """
+    from candor.finetune import trainer as tr
     from candor.finetune.collate import ChatCollator
     from candor.finetune.distill import DistillLoss
-    from candor.finetune.trainer import (
-        CandorTrainer,
-        JsonlLog,
-        RunFacts,
-        TimeBudget,
-        last_checkpoint,
-        run,
-        spent_before,
-        training_arguments,
-    )
 
     out = Path(cfg.output_dir)
     ckdir = out / "checkpoints"
-    ckpt = last_checkpoint(ckdir) if (resume and checkpoints) else None
+    ckpt = tr.last_checkpoint(ckdir) if (resume and checkpoints) else None
     if ckpt is None:
         shutil.rmtree(ckdir, ignore_errors=True)
-    budget = TimeBudget(cfg.time_budget_minutes, spent_before(ckpt), save=checkpoints)
-    facts = RunFacts(budget)
+    budget = tr.TimeBudget(cfg.time_budget_minutes, tr.spent_before(ckpt), save=checkpoints)
+    facts = tr.RunFacts(budget)
     loss = DistillLoss(model, spec, cfg.teacher, cfg.snapshot_steps)
     loss.load(ckpt)
-    args = training_arguments(
+    args = tr.training_arguments(
         ckdir,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        optim="adamw_torch",
-        train_sampling_strategy="group_by_length",
+        **{name: getattr(cfg, name) for name in SAME_NAMES},  # TrainConfig keeps the library's names
         logging_steps=cfg.logging_steps if checkpoints else 1,
         save_strategy="steps" if checkpoints else "no",
-        save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit or None,
-        seed=cfg.seed,
     )
-    trainer = CandorTrainer(
+    trainer = tr.CandorTrainer(
         model=model,
         args=args,
         train_dataset=[as_row(e) for e in examples],
         data_collator=ChatCollator(pad_id),
-        callbacks=[budget, JsonlLog(out / "train_log.jsonl", budget), facts],
+        callbacks=[budget, tr.JsonlLog(out / "train_log.jsonl", budget), facts],
         loss_fn=loss,
         budget=budget,
         schedule=cfg.lr_scheduler_type,
         warmup=cfg.warmup_steps,
         on_checkpoint=loss.save,
     )
-    run(trainer, ckpt, progress)
+    tr.run(trainer, ckpt, progress)
     if not checkpoints:
         shutil.rmtree(ckdir, ignore_errors=True)  # the library made the folder; nothing is in it
     if ckpt is not None:

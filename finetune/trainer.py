@@ -224,11 +224,14 @@ class CandorTrainer(Trainer):
 
 
 def training_arguments(output_dir: Path, **overrides: Any):
-    """``TrainingArguments`` with Candor's defaults: no reporting, per-step logging, token counting."""
+    """``TrainingArguments`` with Candor's defaults: AdamW, length-grouped batches, no reporting, per-step
+    logging, token counting."""
     from transformers import TrainingArguments
 
     args: dict[str, Any] = {
         "output_dir": str(output_dir),
+        "optim": "adamw_torch",
+        "train_sampling_strategy": "group_by_length",
         "report_to": [],
         "disable_tqdm": True,
         "logging_steps": 1,

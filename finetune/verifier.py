@@ -228,16 +228,7 @@ def train_verifier(
 
     from transformers import DataCollatorWithPadding
 
-    from candor.finetune.trainer import (
-        CandorTrainer,
-        JsonlLog,
-        RunFacts,
-        TimeBudget,
-        last_checkpoint,
-        run,
-        spent_before,
-        training_arguments,
-    )
+    from candor.finetune import trainer as tr
 
     tokenizer, model = load_classifier(base_path)
     for p in model.bert.embeddings.parameters():
@@ -248,7 +239,7 @@ def train_verifier(
     # what a checkpoint's batch position means: resuming under other settings would train other batches
     plan = {"seed": cfg.seed, "batch_size": cfg.batch_size, "pairs": len(train_pairs), "max_length": cfg.max_length}
     ckdir = out / "checkpoints"
-    ckpt = last_checkpoint(ckdir) if resume else None
+    ckpt = tr.last_checkpoint(ckdir) if resume else None
     if ckpt is not None:
         saved_plan = json.loads((out / "plan.json").read_text()) if (out / "plan.json").exists() else None
         if saved_plan is not None and saved_plan != plan:
@@ -260,37 +251,25 @@ def train_verifier(
     else:  # a fresh start: no old checkpoint to resume later
         shutil.rmtree(ckdir, ignore_errors=True)
     (out / "plan.json").write_text(json.dumps(plan) + "\n", encoding="utf-8")
-    budget = TimeBudget(cfg.time_budget_minutes, spent_before(ckpt))
-    facts = RunFacts(budget)
-    args = training_arguments(
-        ckdir,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        max_steps=max_steps,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        train_sampling_strategy="group_by_length",
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps or max_steps,
-        save_total_limit=1,
-        seed=cfg.seed,
-        use_cpu=True,  # score_pairs and the service run the verifier on the CPU
-        bf16=auto_float_dtype() == "bfloat16",
-        include_num_input_tokens_seen="no",
-    )
-    trainer = CandorTrainer(
+    budget = tr.TimeBudget(cfg.time_budget_minutes, tr.spent_before(ckpt))
+    facts = tr.RunFacts(budget)
+    knobs = {"per_device_train_batch_size": cfg.batch_size, "max_steps": max_steps, "save_total_limit": 1}
+    knobs.update(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, seed=cfg.seed, max_grad_norm=1.0)
+    knobs.update(logging_steps=cfg.logging_steps, save_steps=cfg.save_steps or max_steps)
+    # score_pairs and the service run the verifier on the CPU; bf16 autocast where this CPU runs it fast
+    knobs.update(use_cpu=True, bf16=auto_float_dtype() == "bfloat16", include_num_input_tokens_seen="no")
+    trainer = tr.CandorTrainer(
         model=model,
-        args=args,
+        args=tr.training_arguments(ckdir, **knobs),
         train_dataset=_features(tokenizer, train_pairs, cfg.max_length),
         data_collator=DataCollatorWithPadding(tokenizer),
-        callbacks=[budget, JsonlLog(out / "train_log.jsonl", budget), facts],
+        callbacks=[budget, tr.JsonlLog(out / "train_log.jsonl", budget), facts],
         loss_fn=bce_loss,
         budget=budget,
         schedule="linear",
         warmup=int(cfg.warmup_ratio * max_steps),
     )
-    run(trainer, ckpt, progress)
+    tr.run(trainer, ckpt, progress)
     steps, train_seconds = facts.facts["steps"], facts.facts["train_time_s"]
     validation = None
     if val_pairs:
