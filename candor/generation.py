@@ -19,10 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# a sentence ends at . ! ? followed by white space, or at a line break (headings and list items)
-_BOUNDARY = re.compile(r"(?<=[.!?])[ \t]+|\s*\n\s*")
+# a sentence ends at . ! ? followed by white space, or at a line break (headings and list items); a clause
+# at : or ; ("The answer to this question is: The answer to this question is: ...")
+_BOUNDARY = re.compile(r"(?<=[.!?:;])[ \t]+|\s*\n\s*")
 _LEADING_MARKERS = re.compile(r"^(?:\d+ )+")  # "[5] (API key) ..." and "1. ..." number the same sentence apart
 MIN_WORDS = 2  # shorter sentences ("Yes.", "1.") are not compared
+_MARKER = re.compile(r"\s*(?:\d{1,2}[.)]|\[\d+\])\s*")  # a list number: it opens the next sentence
+
+
+def _is_marker(fragment: str) -> bool:
+    """Markup or a list number alone ("##", "3.", "[2]"): part of the sentence after it, not one of its own."""
+    return not re.search(r"[^\W_]", fragment) or bool(_MARKER.fullmatch(fragment))
 
 
 def sentence_key(sentence: str) -> str:
@@ -36,7 +43,7 @@ def split_sentences(text: str) -> list[tuple[int, str]]:
     """(start offset, sentence) for each non-empty sentence of ``text``."""
     out, start = [], 0
     for m in _BOUNDARY.finditer(text):
-        if not sentence_key(text[start : m.start()]):
+        if _is_marker(text[start : m.start()]):
             continue  # "3." or "##" opens the next sentence: a list number is not a sentence of its own
         out.append((start, text[start : m.start()]))
         start = m.end()
@@ -92,9 +99,9 @@ class RepeatGuard:
             return ""
         self.text += piece
         for m in _BOUNDARY.finditer(self.text, self._start):
-            key = sentence_key(self.text[self._start : m.start()])
-            if not key:
+            if _is_marker(self.text[self._start : m.start()]):
                 continue  # as in split_sentences
+            key = sentence_key(self.text[self._start : m.start()])
             if len(key.split()) >= self.min_words:
                 if key in self._keys:
                     self.stopped = True

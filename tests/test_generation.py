@@ -39,6 +39,9 @@ LOOPS = {
     "[6] (API key) # How is the API key sent?\n\nThe API key": (
         "[5] (API key) # How is the API key sent?\n\nThe API key is sent in the API key header."
     ),
+    "The answer to this question is: The answer to this question is: The answer to this": (
+        "The answer to this question is:"
+    ),
     "It is a refusal.\n\n## How a refusal is made\n\nA refusal is a feature.\n\n## How a refusal is made\n\nA": (
         "It is a refusal.\n\n## How a refusal is made\n\nA refusal is a feature."
     ),
@@ -63,6 +66,7 @@ def test_a_loop_is_cut_at_its_first_repeated_sentence(raw: str) -> None:
     assert cut_repeats(raw) == LOOPS[raw]
     assert not repeats_a_sentence(cut_repeats(raw))
     assert raw[first_repeat(raw) :].strip().startswith(("The answer", "3.", "[6]", "## How"))
+    assert cut_repeats("The answer is: 256. The answer is: 512.") == "The answer is: 256."
 
 
 @pytest.mark.parametrize("step", [1, 2, 5, 17, 1000])
