@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from candor.errors import ConflictError, InvalidInputError, NotFoundError
 from candor.feedback.flags import flag_out, parse_choice, parse_verdict
-from candor.feedback.ids import is_id, new_id, utcnow
+from candor.feedback.ids import is_id, keyset_page, new_id, utcnow
 from candor.feedback.models import AnswerRow, ApiKeyRow, ChunkRow, FlagRow
 from candor.feedback.schemas import (
     Answer,
@@ -203,11 +203,5 @@ def list_answers(
         stmt = stmt.where(AnswerRow.created_at >= since)
     if until is not None:
         stmt = stmt.where(AnswerRow.created_at < until)
-    if cursor is not None:
-        if not is_id(cursor):
-            raise InvalidInputError(f"invalid cursor {cursor!r}")
-        stmt = stmt.where(AnswerRow.id < cursor)
-    rows = list(session.scalars(_with_children(stmt)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return AnswerPage(items=[answer_out(r) for r in rows], next_cursor=rows[-1].id if more else None)
+    stmt = _with_children(stmt)
+    return keyset_page(session, stmt, AnswerRow.id, cursor, limit, answer_out, AnswerPage, newest_first=True)

@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from candor.errors import InvalidInputError, NotFoundError
-from candor.feedback.ids import is_id, new_id, utcnow
+from candor.feedback.ids import keyset_page, new_id, utcnow
 from candor.feedback.models import NO_KEY, AnswerRow, ApiKeyRow, FlagRow
 from candor.feedback.schemas import AnswerStatus, Flag, FlagPage, ReviewStatus, Verdict
 from candor.text import storable_or_invalid
@@ -198,11 +198,4 @@ def list_flags(
         stmt = stmt.where(FlagRow.api_key_id == api_key_id)
     if since is not None:
         stmt = stmt.where(FlagRow.created_at >= since)
-    if cursor is not None:
-        if not is_id(cursor):
-            raise InvalidInputError(f"invalid cursor {cursor!r}")
-        stmt = stmt.where(FlagRow.id > cursor)
-    rows = list(session.scalars(stmt))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return FlagPage(items=[flag_out(r) for r in rows], next_cursor=rows[-1].id if more else None)
+    return keyset_page(session, stmt, FlagRow.id, cursor, limit, flag_out, FlagPage, newest_first=False)

@@ -12,6 +12,7 @@ database cannot be reached or has no schema. Thread-safe; one per process.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,13 +35,9 @@ from candor.feedback.db import DATABASE_DOWN, make_engine, read_session, run_wri
 from candor.feedback.ids import new_id
 from candor.feedback.schemas import (
     AdapterStats,
-    Answer,
-    AnswerPage,
-    AnswerStatus,
     ApiKey,
     ErasureResult,
     Flag,
-    FlagPage,
     NewAnswer,
     NewFailure,
     PurgeResult,
@@ -56,6 +53,20 @@ def _aware(at: datetime | None, what: str) -> datetime | None:
     if at is not None and at.tzinfo is None:
         raise InvalidInputError(f"{what} must carry a time zone (UTC)")
     return at
+
+
+def _reads(fn: Any, *, write: bool = False, times: tuple[str, ...] = ()) -> Any:
+    """A store method for ``fn(session, ...)`` of ``answers`` or ``flags``: the same arguments and docstring
+    (``inspect.signature`` shows them), run in a read session or, with ``write``, in one write transaction.
+    ``times``: datetime arguments that must carry a time zone."""
+
+    @functools.wraps(fn)
+    def method(self: AnswerStore, *args: Any, **kwargs: Any) -> Any:
+        for name in times:
+            _aware(kwargs.get(name), name)
+        return (self._write if write else self._read)(fn, *args, **kwargs)
+
+    return method
 
 
 class AnswerStore:
@@ -151,82 +162,14 @@ class AnswerStore:
         rec = _answers.coerce(record, NewFailure)
         return self._write(_answers.log_failure, rec)
 
-    def get_answer(self, answer_id: str) -> Answer:
-        return self._read(_answers.get_answer, answer_id)
-
-    def list_answers(
-        self,
-        *,
-        flagged: bool | None = None,
-        collection: str | None = None,
-        collections: Sequence[str] | None = None,
-        api_key_id: str | None = None,
-        verdict: str | Verdict | None = None,
-        refused: bool | None = None,
-        status: str | AnswerStatus | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> AnswerPage:
-        return self._read(
-            _answers.list_answers,
-            flagged=flagged,
-            collection=collection,
-            collections=collections,
-            api_key_id=api_key_id,
-            verdict=verdict,
-            refused=refused,
-            status=status,
-            since=_aware(since, "since"),
-            until=_aware(until, "until"),
-            limit=limit,
-            cursor=cursor,
-        )
+    # the answer log's and the flags' queries, with their own arguments (less the session)
+    get_answer = _reads(_answers.get_answer)
+    list_answers = _reads(_answers.list_answers, times=("since", "until"))
 
     # --- flags -----------------------------------------------------------------
-    def add_feedback(
-        self,
-        answer_id: str,
-        verdict: str | Verdict,
-        correction: str | None = None,
-        comment: str | None = None,
-        api_key_id: str | None = None,
-        trusted: bool | None = None,
-    ) -> Flag:
-        """Flag an answer; one flag per (answer, key), a re-submission updates it."""
-        return self._write(
-            _flags.add_feedback,
-            answer_id,
-            verdict,
-            correction=correction,
-            comment=comment,
-            api_key_id=api_key_id,
-            trusted=trusted,
-        )
-
-    def get_flag(self, flag_id: str) -> Flag:
-        return self._read(_flags.get_flag, flag_id)
-
-    def list_flags(
-        self,
-        *,
-        review_status: str | ReviewStatus | None = None,
-        verdict: str | Verdict | None = None,
-        api_key_id: str | None = None,
-        since: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> FlagPage:
-        return self._read(
-            _flags.list_flags,
-            review_status=review_status,
-            verdict=verdict,
-            api_key_id=api_key_id,
-            since=_aware(since, "since"),
-            limit=limit,
-            cursor=cursor,
-        )
+    add_feedback = _reads(_flags.add_feedback, write=True)
+    get_flag = _reads(_flags.get_flag)
+    list_flags = _reads(_flags.list_flags, times=("since",))
 
     def review_flags(
         self,
