@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from candor.errors import InvalidInputError, NotFoundError
-from candor.reader import Evidence, folder_version, load_trained_tensors, read_model_json, write_model_json
+from candor.reader import Evidence, folder_version, load_trained_model, read_model_json, write_model_json
 
 FORMAT = "candor-verifier/1"
 CONFIG_FILE = "verifier.json"
@@ -102,10 +102,8 @@ class AnswerabilityVerifier:
 
         self.folder = Path(folder)
         self.meta = VerifierMeta.read(self.folder)
-        self.tokenizer, self.model = load_classifier(base_path)
-        head = ("classifier.weight", "classifier.bias")
-        load_trained_tensors(self.model, self.folder / WEIGHTS_FILE, base_path, self.meta.base_model, head)
-        self.model.eval()
+        weights, head = self.folder / WEIGHTS_FILE, ("classifier.weight", "classifier.bias")
+        self.tokenizer, self.model = load_trained_model(load_classifier, base_path, weights, self.meta.base_model, head)
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._torch = torch

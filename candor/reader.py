@@ -153,6 +153,15 @@ def load_trained_tensors(model, weights: Path, base_path: Path, trained_on: str,
         raise InvalidInputError(f"{weights}: tensors the base encoder does not have: {unexpected[:5]}")
 
 
+def load_trained_model(load_base, base_path: Path, weights: Path, trained_on: str, head: tuple[str, ...]):
+    """(tokenizer, model): the base encoder with a fresh head (``load_base``), the run's tensors put on it
+    (``load_trained_tensors``), in eval mode."""
+    tokenizer, model = load_base(base_path)
+    load_trained_tensors(model, weights, base_path, trained_on, head)
+    model.eval()
+    return tokenizer, model
+
+
 def load_qa_model(base_path: Path):
     """The base encoder with a fresh span head (training starts here; loading adds the tensors)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
@@ -241,10 +250,8 @@ class AnswerabilityReader:
 
         self.folder = Path(folder)
         self.meta = ReaderMeta.read(self.folder)
-        self.tokenizer, self.model = load_qa_model(base_path)
-        head = ("qa_outputs.weight", "qa_outputs.bias")
-        load_trained_tensors(self.model, self.folder / WEIGHTS_FILE, base_path, self.meta.base_model, head)
-        self.model.eval()
+        weights, head = self.folder / WEIGHTS_FILE, ("qa_outputs.weight", "qa_outputs.bias")
+        self.tokenizer, self.model = load_trained_model(load_qa_model, base_path, weights, self.meta.base_model, head)
         self.int8 = int8
         if int8:  # dynamic int8 weights for the Linear layers, float32 activations (CPU)
             self.model = quantize_int8(self.model)

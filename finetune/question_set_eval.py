@@ -12,16 +12,21 @@ model: decision metrics with bootstrap intervals, per kind, which layer refused,
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
+from candor.decision import ALL_LAYERS
 from candor.errors import InvalidInputError
-from candor.finetune.evaluate import BASE, parse_models
-from candor.finetune.metrics import Scored, exact_match, summarize, token_f1
+from candor.finetune.evaluate import parse_models
+from candor.finetune.metrics import summarize
+from candor.finetune.rag import answer_all, count_layers, scored_answer, served_engines
+from candor.finetune.report import write_report
 from candor.generation import GenerationParams, repeats_a_sentence
 from candor.jsonl import json_objects
+from candor.service.answering import AnswerRequest
 
 
 @dataclass(frozen=True)
@@ -54,24 +59,6 @@ def load_question_set(path: Path) -> list[LabelledQuestion]:
 __all__ = ["LabelledQuestion", "load_question_set", "repeats_a_sentence", "run_question_set_eval"]
 
 
-async def _answer_all(engine, questions: list[LabelledQuestion], collection: str, concurrency: int) -> list:
-    import anyio
-
-    from candor.service.answering import AnswerRequest
-
-    results: list = [None] * len(questions)
-    limiter = anyio.CapacityLimiter(concurrency)
-
-    async def one(i: int) -> None:
-        async with limiter:
-            results[i] = await engine.answer(AnswerRequest(question=questions[i].question, collection=collection))
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(questions)):
-            tg.start_soon(one, i)
-    return results
-
-
 def run_question_set_eval(
     settings,
     models: dict[str, str],
@@ -87,49 +74,31 @@ def run_question_set_eval(
     n_boot: int = 1000,
 ) -> dict:
     """Every question through the answer core for each model; the report's dict (also written to ``out``)."""
-    import anyio
-
-    from candor.feedback.store import AnswerStore
-    from candor.finetune.rag import model_server
-    from candor.finetune.report import write_report
-    from candor.ingest.retriever import Retriever
-    from candor.service.answering import AnswerEngine
-    from candor.service.chat_template import PromptRenderer
-    from candor.service.llm_client import LLMClient
-
     models = parse_models(models)
     questions = load_question_set(questions_path)
-    s = settings.model_copy(update={"database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}"})
     if answerability is not None and threshold is None:
         threshold = answerability.threshold
-    adapters = {n: p for n, p in models.items() if p != BASE}
-    ctx = (
-        contextlib.nullcontext(llm_url)
-        if llm_url
-        else model_server(s, adapters, out.parent / (out.stem + "-server.log"), threads=server_threads)
-    )
     t0 = time.monotonic()
     results: dict[str, dict] = {}
-    with ctx as server_url:
-        retriever = Retriever(s)
-        store = AnswerStore(s)
-        store.migrate()
-        for name in models:
-            ms = s.model_copy(update={"llm_url": server_url, "llm_adapter": None if name == BASE else name})
-            if answerability is not None:  # the set's threshold applies in the engine: what is served is measured
-                ms = ms.model_copy(update={f"{answerability.layer}_threshold": threshold})
-            engine = AnswerEngine(
-                ms, retriever, LLMClient(ms), PromptRenderer(ms.resolved_tokenizer_path), store, answerability
-            )
-            answers = anyio.run(_answer_all, engine, questions, collection, concurrency)
-            scored, layers, rows = [], {}, []
+    if answerability is not None:  # the set's threshold applies in the engine: what is served is measured
+        settings = settings.model_copy(update={f"{answerability.layer}_threshold": threshold})
+    served = served_engines(
+        settings,
+        models,
+        out,
+        llm_url=llm_url,
+        server_threads=server_threads,
+        answerability=answerability,
+        layers=ALL_LAYERS,
+    )
+    with served as (s, _, engines):
+        requests = [AnswerRequest(question=q.question, collection=collection) for q in questions]
+        for name, engine in engines.items():
+            answers = anyio.run(answer_all, engine, requests, concurrency)
+            scored, rows = [], []
             for q, res in zip(questions, answers, strict=True):
-                em = f1 = 0.0
-                if not q.is_impossible and not res.refused:
-                    em, f1 = exact_match(res.answer, q.answers), token_f1(res.answer, q.answers)
-                conf = 1.0 if res.refusal_confidence is None else float(res.refusal_confidence)
-                scored.append(Scored(q.is_impossible, res.refused, conf, em, f1, q.kind))
-                layers[res.refusal_layer or "answered"] = layers.get(res.refusal_layer or "answered", 0) + 1
+                x = scored_answer(res, q.answers, q.is_impossible, q.is_impossible, q.kind)
+                scored.append(x)
                 rows.append(
                     {
                         "id": q.id,
@@ -139,7 +108,7 @@ def run_question_set_eval(
                         "refusal_layer": res.refusal_layer,
                         "confidence": res.refusal_confidence,
                         "evidence": (res.evidence or {}).get("text"),
-                        "f1": round(f1, 3),
+                        "f1": round(x.f1, 3),
                     }
                 )
             results[name] = {
@@ -147,7 +116,7 @@ def run_question_set_eval(
                 "threshold": None,  # the engine applied the answerability threshold: decisions are final
                 "model_only": summarize(scored, None, n_boot=n_boot),
                 "at_threshold": None,
-                "refusal_layers": layers,
+                "refusal_layers": count_layers(answers),
                 "answers_repeating_a_sentence": sum(repeats_a_sentence(r["answer"]) for r in rows),
                 "answers": rows,
             }

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from candor.data_source import resolve_data_source, split_path
@@ -27,7 +28,7 @@ from candor.feedback.store import AnswerStore
 from candor.finetune.evaluate import BASE, parse_models, sample_questions
 from candor.finetune.metrics import Scored, decision_metrics, exact_match, summarize, token_f1
 from candor.finetune.report import write_report
-from candor.finetune.run_eval import load_eval_verifier, refusal_signal
+from candor.finetune.run_eval import load_eval_verifier, run_config
 from candor.finetune.squad import Corpus, load_squad
 from candor.ingest.pipeline import ingest_documents
 from candor.ingest.retriever import Retriever
@@ -98,30 +99,70 @@ def model_server(settings, adapters: dict[str, str], log_path: Path, threads: in
             yield url
         finally:
             proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.kill()  # still running after 30 s (a no-op once it has exited)
 
 
-async def _answer_all(engine, retriever, questions, collection: str, k: int, concurrency: int, bar) -> list:
+async def answer_all(engine: AnswerEngine, requests: list[AnswerRequest], concurrency: int, progress=None) -> list:
+    """Every request through ``engine.answer``, ``concurrency`` at a time; results in request order."""
     import anyio
 
-    results: list = [None] * len(questions)
+    results: list = [None] * len(requests)
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def one(i: int) -> None:
-        q = questions[i]
         async with limiter:
-            res = await engine.answer(AnswerRequest(question=q.question, collection=collection, top_k=k))
-            hits = await anyio.to_thread.run_sync(retriever.retrieve, q.question, collection, k)
-        results[i] = (res, [h.doc_id for h in hits], [float(h.score) for h in hits])
-        bar.update(1)
+            results[i] = await engine.answer(requests[i])
+        if progress is not None:
+            progress(1)
 
     async with anyio.create_task_group() as tg:
-        for i in range(len(questions)):
+        for i in range(len(requests)):
             tg.start_soon(one, i)
     return results
+
+
+@contextlib.contextmanager
+def served_engines(settings, models: dict[str, str], out: Path, *, llm_url, server_threads: int, answerability, layers):
+    """An evaluation's answer core per model, with the served collaborators: the retriever, a real
+    TGI-protocol model server over HTTP (the embedded one, started with the adapters under test unless
+    ``llm_url`` is given), the chat template, an answer log of its own (next to ``out``), ``answerability``.
+    Yields (the settings used, the retriever, {model name: AnswerEngine}); ``layers`` as ``AnswerEngine``."""
+    s = settings.model_copy(update={"database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}"})
+    adapters = {n: p for n, p in models.items() if p != BASE}
+    ctx = (
+        contextlib.nullcontext(llm_url)
+        if llm_url
+        else model_server(s, adapters, out.parent / (out.stem + "-server.log"), threads=server_threads)
+    )
+    with ctx as server_url:
+        retriever = Retriever(s)
+        store = AnswerStore(s)
+        store.migrate()
+        engines = {}
+        for name in models:
+            ms = s.model_copy(update={"llm_url": server_url, "llm_adapter": None if name == BASE else name})
+            renderer = PromptRenderer(ms.resolved_tokenizer_path)
+            engines[name] = AnswerEngine(ms, retriever, LLMClient(ms), renderer, store, answerability, layers=layers)
+        yield s, retriever, engines
+
+
+def scored_answer(res, answers, is_impossible: bool, should_refuse: bool, category: str) -> Scored:
+    """An answer of the answer core as the metrics score it (EM/F1 for an answered answerable question)."""
+    em = f1 = 0.0
+    if not is_impossible and not res.refused:
+        em, f1 = exact_match(res.answer, answers), token_f1(res.answer, answers)
+    conf = 1.0 if res.refusal_confidence is None else float(res.refusal_confidence)
+    return Scored(should_refuse, res.refused, conf, em, f1, category)
+
+
+def count_layers(results) -> dict[str, int]:
+    """How many answers each refusal layer refused ("answered": none)."""
+    layers: dict[str, int] = {}
+    for res in results:
+        layers[res.refusal_layer or "answered"] = layers.get(res.refusal_layer or "answered", 0) + 1
+    return layers
 
 
 def run_rag_eval(
@@ -150,65 +191,44 @@ def run_rag_eval(
     corpus = load_squad(split_path(src, split), split)
     others = [load_squad(split_path(src, s), s) for s in rag.get("also_ingest", ["train"]) if s != split]
     questions = sample_questions(corpus.questions, limit, int(ev.get("seed", 13)))
-    # the eval's own answer log
-    s = settings.model_copy(update={"database_url": f"sqlite:///{(out.parent / (out.stem + '-answers.db')).resolve()}"})
 
     verifier = load_eval_verifier(settings, ev, verifier_path, reader_path)
     t0 = time.monotonic()
-    ingest = ensure_collection(s, collection, [corpus, *others])
     token_thresholds = rag.get("thresholds", {}) or {}
     thresholds = dict(token_thresholds)
     if verifier is not None:  # one signal for every model: the verifier's, at its validation threshold
         thresholds = {name: verifier.threshold for name in models}
-    adapters = {n: p for n, p in models.items() if p != BASE}
     results: dict[str, dict] = {}
-    url = rag.get("llm_url")
-    ctx = (
-        contextlib.nullcontext(url)
-        if url
-        else model_server(
-            s, adapters, out.parent / (out.stem + "-server.log"), threads=int(rag.get("server_threads", 1))
-        )
+    # no threshold refuses in the engine (the reader or verifier scores every question, the first token's
+    # confidence is reported): the thresholds are applied in the metrics, by the same rule
+    served = served_engines(
+        settings,
+        models,
+        out,
+        llm_url=rag.get("llm_url"),
+        server_threads=int(rag.get("server_threads", 1)),
+        answerability=verifier,
+        layers=MEASURE_ONLY,
     )
-    with ctx as server_url:
-        retriever = Retriever(s)
-        store = AnswerStore(s)
-        store.migrate()
-        for name in models:
-            ms = s.model_copy(update={"llm_url": server_url, "llm_adapter": None if name == BASE else name})
-            # no threshold refuses in the engine (the reader or verifier scores every question, the first
-            # token's confidence is reported): the thresholds are applied in the metrics, by the same rule
-            engine = AnswerEngine(
-                ms,
-                retriever,
-                LLMClient(ms),
-                PromptRenderer(ms.resolved_tokenizer_path),
-                store,
-                verifier,
-                layers=MEASURE_ONLY,
-            )
+    with served as (s, retriever, engines):
+        ingest = ensure_collection(s, collection, [corpus, *others])
+        requests = [AnswerRequest(question=q.question, collection=collection, top_k=k) for q in questions]
+        hits = [[h.doc_id for h in retriever.retrieve(q.question, collection, k)] for q in questions]
+        for name, engine in engines.items():
             with tqdm(total=len(questions), desc=f"{name} rag", disable=not progress) as bar:
-                answers = anyio.run(
-                    _answer_all, engine, retriever, questions, collection, k, int(rag.get("concurrency", 4)), bar
-                )
-            scored, scored_token, layers = [], [], {}
-            for q, (res, doc_ids, _scores) in zip(questions, answers, strict=True):
+                answers = anyio.run(answer_all, engine, requests, int(rag.get("concurrency", 4)), bar.update)
+            scored, scored_token = [], []
+            for q, res, doc_ids in zip(questions, answers, hits, strict=True):
                 gold = q.doc_id in doc_ids
-                should_refuse = q.is_impossible or not gold
-                em = f1 = 0.0
-                if not q.is_impossible and not res.refused:
-                    em, f1 = exact_match(res.answer, q.answers), token_f1(res.answer, q.answers)
-                conf = 1.0 if res.refusal_confidence is None else float(res.refusal_confidence)
                 cat = ("unanswerable" if q.is_impossible else "answerable") + ("" if gold else "_retrieval_miss")
-                scored.append(Scored(should_refuse, res.refused, conf, em, f1, cat))
+                x = scored_answer(res, q.answers, q.is_impossible, q.is_impossible or not gold, cat)
+                scored.append(x)
                 token_conf = res.signals.get("first_token")
-                token_conf = 1.0 if token_conf is None else float(token_conf)
-                scored_token.append(Scored(should_refuse, res.refused, token_conf, em, f1, cat))
-                layers[res.refusal_layer or "answered"] = layers.get(res.refusal_layer or "answered", 0) + 1
+                scored_token.append(replace(x, confidence=1.0 if token_conf is None else float(token_conf)))
             threshold = thresholds.get(name)
             by_retrieval = {}
             for label, keep in (("gold retrieved", True), ("gold missed", False)):
-                xs = [x for x, q, a in zip(scored, questions, answers, strict=True) if (q.doc_id in a[1]) == keep]
+                xs = [x for x, q, ids in zip(scored, questions, hits, strict=True) if (q.doc_id in ids) == keep]
                 if xs:
                     by_retrieval[label] = decision_metrics(xs, threshold)
             results[name] = {
@@ -223,27 +243,27 @@ def run_rag_eval(
                 "first_token_at_threshold": summarize(scored_token, token_thresholds[name], n_boot=0)
                 if verifier is not None and token_thresholds.get(name) is not None
                 else None,
-                "refusal_layers": layers,
-                "gold_retrieval_rate": sum(q.doc_id in a[1] for q, a in zip(questions, answers, strict=True))
+                "refusal_layers": count_layers(answers),
+                "gold_retrieval_rate": sum(q.doc_id in ids for q, ids in zip(questions, hits, strict=True))
                 / max(1, len(questions)),
             }
     run = {
-        "config": {
-            "mode": "rag",
-            "source": str(src),
-            "split": split,
-            "questions": len(questions),
-            "limit": limit,
-            "collection": collection,
-            "top_k": k,
-            "ingest": {key: ingest.get(key) for key in ("new", "changed", "unchanged", "chunks_added", "seconds")},
-            "should_refuse": "unanswerable, or answerable whose gold paragraph retrieval missed",
-            "min_retrieval_score": s.min_retrieval_score,
-            "grounding_enforce": s.grounding_enforce,
-            "refusal_signal": refusal_signal(verifier),
-            "seconds": round(time.monotonic() - t0, 1),
-            "models": models,
-        },
+        "config": run_config(
+            "rag",
+            src,
+            split,
+            len(questions),
+            limit,
+            verifier,
+            t0,
+            models,
+            collection=collection,
+            top_k=k,
+            ingest={key: ingest.get(key) for key in ("new", "changed", "unchanged", "chunks_added", "seconds")},
+            should_refuse="unanswerable, or answerable whose gold paragraph retrieval missed",
+            min_retrieval_score=s.min_retrieval_score,
+            grounding_enforce=s.grounding_enforce,
+        ),
         "models": results,
     }
     write_report(run, out, out.with_suffix(".md"), title=f"Candor evaluation: end-to-end RAG, {split}")

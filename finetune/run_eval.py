@@ -38,6 +38,13 @@ def refusal_signal(verifier) -> str:
     return f"{verifier.layer}: 1 - P(answerable) from {verifier.folder}"
 
 
+def run_config(mode: str, src, split: str, n: int, limit, verifier, t0: float, models: dict, **details) -> dict:
+    """A report's ``config``: what was asked, the mode's own ``details``, the refusal signal, the time taken."""
+    head = {"mode": mode, "source": str(src), "split": split, "questions": n, "limit": limit}
+    tail = {"refusal_signal": refusal_signal(verifier), "seconds": round(time.monotonic() - t0, 1), "models": models}
+    return head | details | tail
+
+
 def run_oracle_eval(
     settings,
     ev: dict,
@@ -103,27 +110,28 @@ def run_oracle_eval(
     if ev.get("probe", True):
         for name in models:
             results[name]["probe"] = run_probe(gen, name)
+    calibration_set = {
+        "source": str(ev.get("calibration_source", "var/finetune/data")),
+        "split": ev.get("calibration_split", "val"),
+        "questions": len(calibration),
+    }
     run = {
-        "config": {
-            "mode": "oracle",
-            "source": str(src),
-            "split": split,
-            "questions": len(items),
-            "limit": limit,
-            "calibration": {
-                "source": str(ev.get("calibration_source", "var/finetune/data")),
-                "split": ev.get("calibration_split", "val"),
-                "questions": len(calibration),
-            },
-            "distractors": int(ev.get("distractors", 0)),
-            "max_new_tokens": int(ev.get("max_new_tokens", 32)),
-            "dtype": resolve_dtype(ev.get("dtype", settings.model_dtype)),
-            "decoding": f"greedy, batched, in-process; {params.describe()}",
-            "prompt_evidence": settings.prompt_evidence,
-            "refusal_signal": refusal_signal(verifier),
-            "seconds": round(time.monotonic() - t0, 1),
-            "models": models,
-        },
+        "config": run_config(
+            "oracle",
+            src,
+            split,
+            len(items),
+            limit,
+            verifier,
+            t0,
+            models,
+            calibration=calibration_set,
+            distractors=int(ev.get("distractors", 0)),
+            max_new_tokens=int(ev.get("max_new_tokens", 32)),
+            dtype=resolve_dtype(ev.get("dtype", settings.model_dtype)),
+            decoding=f"greedy, batched, in-process; {params.describe()}",
+            prompt_evidence=settings.prompt_evidence,
+        ),
         "models": results,
     }
     write_report(run, out, out.with_suffix(".md"), title=f"Candor evaluation: oracle mode, {split}")

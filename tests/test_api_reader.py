@@ -11,22 +11,37 @@ pytestmark = pytest.mark.slow
 ANSWERABLE = "Which embedding model does Candor use?"
 
 
-def _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, reader, threshold):
+def layer_harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, layer, path, threshold):
+    """The API with one answerability layer (``layer``: "reader" or "verifier") at ``threshold``, grounding off."""
+    paths = {f"{layer}_path": path, f"{layer}_threshold": threshold}
     return make_harness(
-        tmp_path,
-        handbook_chroma,
-        model_server.url,
-        base_model_dir,
-        shared_models,
-        reader_path=reader,
-        reader_threshold=threshold,
-        grounding_enforce=False,
+        tmp_path, handbook_chroma, model_server.url, base_model_dir, shared_models, grounding_enforce=False, **paths
     )
 
 
-def _ask(h, stream: bool = False):
+def _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, reader, threshold):
+    return layer_harness(
+        tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, "reader", reader, threshold
+    )
+
+
+def ask(h, stream: bool = False):
+    """The answerable handbook question, through /v1/chat."""
     body = {"question": ANSWERABLE, "collection": COLLECTION, "stream": stream}
     return h.client.post("/v1/chat", json=body, headers=h.headers())
+
+
+_ask = ask
+
+
+def refused_before_generation(h, layer: str) -> tuple[dict, dict]:
+    """Ask: ``layer`` refuses before the model is called. (The answer, its record in the answer log.)"""
+    body = ask(h).json()
+    assert body["refused"] is True and body["refusal_layer"] == layer
+    assert body["timings_ms"]["generation"] == 0.0 and body["timings_ms"]["verifier"] > 0
+    logged = h.client.get(f"/v1/answers/{body['answer_id']}", headers=h.headers()).json()
+    assert logged["refusal_layer"] == layer and logged["raw_answer"] is None  # no generation happened
+    return body, logged
 
 
 def _check_evidence(ev: dict, logged: dict) -> None:
@@ -46,11 +61,7 @@ def test_the_reader_refuses_before_the_model_and_shows_its_evidence(
 ):
     h = _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_reader, 0.0)
     with h.client:
-        body = _ask(h).json()
-        assert body["refused"] is True and body["refusal_layer"] == "reader"
-        assert body["timings_ms"]["generation"] == 0.0 and body["timings_ms"]["verifier"] > 0
-        logged = h.client.get(f"/v1/answers/{body['answer_id']}", headers=h.headers()).json()
-        assert logged["refusal_layer"] == "reader" and logged["raw_answer"] is None
+        body, logged = refused_before_generation(h, "reader")
         assert logged["answerability_model"].startswith("final@") and logged["answerability_threshold"] == 0.0
         assert all(c["answerable"] is not None for c in logged["chunks"] if c["prompt_text"] is not None)
         _check_evidence(body["evidence"], logged)

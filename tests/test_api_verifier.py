@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from fixtures.api import COLLECTION, make_harness
 from test_api_chat import sse_events
+from test_api_reader import ANSWERABLE, layer_harness, refused_before_generation
+from test_api_reader import ask as _ask
 
 pytestmark = pytest.mark.slow
 
-ANSWERABLE = "Which embedding model does Candor use?"
-
 
 def _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, verifier, threshold):
-    return make_harness(
-        tmp_path,
-        handbook_chroma,
-        model_server.url,
-        base_model_dir,
-        shared_models,
-        verifier_path=verifier,
-        verifier_threshold=threshold,
-        grounding_enforce=False,
-    )
-
-
-def _ask(h, stream: bool = False):
-    body = {"question": ANSWERABLE, "collection": COLLECTION, "stream": stream}
-    return h.client.post("/v1/chat", json=body, headers=h.headers())
+    args = (tmp_path, handbook_chroma, model_server, base_model_dir, shared_models)
+    return layer_harness(*args, "verifier", verifier, threshold)
 
 
 def test_the_verifier_refuses_before_the_model_is_called(
@@ -34,13 +20,9 @@ def test_the_verifier_refuses_before_the_model_is_called(
 ):
     h = _harness(tmp_path, handbook_chroma, model_server, base_model_dir, shared_models, tiny_verifier, 0.0)
     with h.client:
-        body = _ask(h).json()
-        assert body["refused"] is True and body["refusal_layer"] == "verifier"
+        body, _ = refused_before_generation(h, "verifier")
         assert body["answer"] == "I don't know based on the provided documents." and body["citations"] == []
-        assert body["timings_ms"]["generation"] == 0.0 and body["timings_ms"]["verifier"] > 0
         assert 0.0 <= body["refusal_confidence"] <= 1.0
-        logged = h.client.get(f"/v1/answers/{body['answer_id']}", headers=h.headers()).json()
-        assert logged["refusal_layer"] == "verifier" and logged["raw_answer"] is None  # no generation happened
         streamed = _ask(h, stream=True)
         assert streamed.status_code == 200
         events = sse_events(streamed.text)
