@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from candor.cli.retrain import print_registry, register_version, rollback_version
+from candor.cli.retrain import RegistryCommands, print_registry, registry_commands
 from candor.settings import get_settings
 
 app = typer.Typer()
@@ -52,42 +52,23 @@ def readers_list(as_json: bool = typer.Option(False, "--json")) -> None:
     print_registry(reg, as_json, empty, serving_mark="serving")
 
 
-@readers_app.command("show")
-def readers_show(version: str = typer.Argument(..., help="A version (or a unique prefix).")) -> None:
-    """One reader: its lineage (flag ids, screening), training summary and the gate's checks."""
-    _print_json(_registry().get(version).to_dict())
-
-
-@readers_app.command("register")
-def readers_register(
-    path: Path = typer.Argument(..., help="A reader folder (reader.json + reader.safetensors)."),
-    promote: bool = typer.Option(False, "--promote", help="Also make it current."),
-) -> None:
-    """Add a reader trained elsewhere (e.g. `candor finetune train-reader`) to the registry."""
-    register_version(_registry(), path, promote, "readers", "served after `candor readers reload` or an API restart")
-
-
-@readers_app.command("promote")
-def readers_promote(
-    version: str = typer.Argument(..., help="A registered version (or a unique prefix)."),
-    reload: bool = typer.Option(True, "--reload/--no-reload", help="Have the running API load it."),
-) -> None:
-    """Make a reader current by hand (bypasses the gate)."""
-    v = _registry().promote(version, note="candor readers promote")
-    typer.echo(f"current: {v.version}")
-    if reload:
-        _reload("candor readers promote")
-
-
-@readers_app.command("rollback")
-def readers_rollback(
-    reload: bool = typer.Option(True, "--reload/--no-reload", help="Have the running API load the restored one."),
-    note: str | None = typer.Option(None, help="Why (kept in the registry's history)."),
-) -> None:
-    """Restore the previous current reader (and serve it)."""
-    rollback_version(_registry(), note)
-    if reload:
-        _reload(note or "candor readers rollback")
+registry_commands(
+    readers_app,
+    _registry,
+    RegistryCommands(
+        command="readers",
+        show="One reader: its lineage (flag ids, screening), training summary and the gate's checks.",
+        folder="A reader folder (reader.json + reader.safetensors).",
+        register="Add a reader trained elsewhere (e.g. `candor finetune train-reader`) to the registry.",
+        registered="served after `candor readers reload` or an API restart",
+        promote="Make a reader current by hand (bypasses the gate).",
+        rollback="Restore the previous current reader (and serve it).",
+        serve_flag="--reload/--no-reload",
+        serve_promoted="Have the running API load it.",
+        serve_restored="Have the running API load the restored one.",
+        serve=lambda _reg, _version, note: _reload(note),
+    ),
+)
 
 
 @readers_app.command("reload")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,50 +155,90 @@ def adapters_list(as_json: bool = typer.Option(False, "--json")) -> None:
     print_registry(reg, as_json, f"no adapters registered in {reg.root}")
 
 
-@adapters_app.command("show")
-def adapters_show(version: str = typer.Argument(..., help="A version (or a unique prefix).")) -> None:
-    """One version: its lineage, training summary and gate results."""
-    _print_json(_registry().get(version).to_dict())
+@dataclass(frozen=True)
+class RegistryCommands:
+    """What differs between `candor adapters` and `candor readers`: the help texts, and how a version that
+    was made current is served (``serve(registry, version, note)``: the adapters' hot swap, the API's reload)."""
+
+    command: str  # adapters | readers
+    show: str
+    folder: str
+    register: str
+    registered: str  # what to do next, after `register --promote`
+    promote: str
+    rollback: str
+    serve_flag: str  # --swap/--no-swap | --reload/--no-reload
+    serve_promoted: str
+    serve_restored: str
+    serve: Any
 
 
-@adapters_app.command("register")
-def adapters_register(
-    path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."),
-    promote: bool = typer.Option(False, "--promote", help="Also make it current."),
-) -> None:
-    """Add an adapter trained elsewhere (e.g. `candor finetune train`) to the registry."""
-    register_version(_registry(), path, promote, "adapters", "not yet serving: `candor adapters swap`")
+def registry_commands(app: typer.Typer, registry: Any, c: RegistryCommands) -> None:
+    """`show`, `register`, `promote` and `rollback` of a registry (``AdapterRegistry`` or ``ReaderRegistry``)."""
+
+    def show(version: str = typer.Argument(..., help="A version (or a unique prefix).")) -> None:
+        _print_json(registry().get(version).to_dict())
+
+    def register(
+        path: Path = typer.Argument(..., help=c.folder),
+        promote: bool = typer.Option(False, "--promote", help="Also make it current."),
+    ) -> None:
+        register_version(registry(), path, promote, c.command, c.registered)
+
+    def promote(
+        version: str = typer.Argument(..., help="A registered version (or a unique prefix)."),
+        serve: bool = typer.Option(True, c.serve_flag, help=c.serve_promoted),
+    ) -> None:
+        reg = registry()
+        note = f"candor {c.command} promote"
+        v = reg.promote(version, note=note)
+        typer.echo(f"current: {v.version}")
+        if serve:
+            c.serve(reg, v.version, note)
+
+    def rollback(
+        serve: bool = typer.Option(True, c.serve_flag, help=c.serve_restored),
+        note: str | None = typer.Option(None, help="Why (kept in the registry's history)."),
+    ) -> None:
+        reg = registry()
+        restored = rollback_version(reg, note)
+        if serve:
+            c.serve(reg, restored.version, note or f"candor {c.command} rollback")
+
+    for name, fn, doc in (
+        ("show", show, c.show),
+        ("register", register, c.register),
+        ("promote", promote, c.promote),
+        ("rollback", rollback, c.rollback),
+    ):
+        fn.__doc__ = doc
+        app.command(name)(fn)
 
 
-@adapters_app.command("promote")
-def adapters_promote(
-    version: str = typer.Argument(..., help="A registered version (or a unique prefix)."),
-    swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap it into the model server too."),
-) -> None:
-    """Make a version current by hand (bypasses the gate: for an admin who knows why)."""
+def _hot_swap(reg: Any, version: str, note: str) -> None:
     from candor.retrain.hot_swap import hot_swap
 
-    reg = _registry()
-    v = reg.promote(version, note="candor adapters promote")
-    typer.echo(f"current: {v.version}")
-    if swap:
-        record = hot_swap(get_settings(), reg, v.version)
-        typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
+    record = hot_swap(get_settings(), reg, version)
+    typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
 
 
-@adapters_app.command("rollback")
-def adapters_rollback(
-    swap: bool = typer.Option(True, "--swap/--no-swap", help="Hot-swap the restored version into the model server."),
-    note: str | None = typer.Option(None, help="Why (kept in the registry's history)."),
-) -> None:
-    """Restore the previous current version (and serve it)."""
-    from candor.retrain.hot_swap import hot_swap
-
-    reg = _registry()
-    restored = rollback_version(reg, note)
-    if swap:
-        record = hot_swap(get_settings(), reg, restored.version)
-        typer.echo(f"serving {record['name']} = {record['version']} on {record['server']} (verified)")
+registry_commands(
+    adapters_app,
+    _registry,
+    RegistryCommands(
+        command="adapters",
+        show="One version: its lineage, training summary and gate results.",
+        folder="A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).",
+        register="Add an adapter trained elsewhere (e.g. `candor finetune train`) to the registry.",
+        registered="not yet serving: `candor adapters swap`",
+        promote="Make a version current by hand (bypasses the gate: for an admin who knows why).",
+        rollback="Restore the previous current version (and serve it).",
+        serve_flag="--swap/--no-swap",
+        serve_promoted="Hot-swap it into the model server too.",
+        serve_restored="Hot-swap the restored version into the model server.",
+        serve=_hot_swap,
+    ),
+)
 
 
 @adapters_app.command("swap")
@@ -229,7 +270,9 @@ def adapters_check(
     if report["recommend_rollback"]:
         typer.echo("ROLLBACK RECOMMENDED: " + "; ".join(report["reasons"]), err=True)
         if rollback:
-            adapters_rollback(swap=True, note="candor adapters check --rollback: " + "; ".join(report["reasons"]))
+            reg = _registry()
+            restored = rollback_version(reg, "candor adapters check --rollback: " + "; ".join(report["reasons"]))
+            _hot_swap(reg, restored.version, "candor adapters check --rollback")
         else:
             raise typer.Exit(3)
 
