@@ -24,7 +24,7 @@ from typing import Any
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.collate import Encoded, as_row, encode_example
 from candor.finetune.distill import LossSpec
-from candor.hardware import resolve_dtype
+from candor.profile import is_cuda, model_load_kwargs, qlora_config, resolve_model_dtype, trainer_arguments
 from candor.prompts import is_refusal
 from candor.settings import apply_thread_settings
 
@@ -41,6 +41,7 @@ SAME_NAMES = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm",
     "num_train_epochs", "max_steps", "save_steps", "seed",
 )  # fmt: skip
+BATCH_SHAPE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
 
 
 @dataclass
@@ -105,39 +106,46 @@ class TrainConfig:
         return list(TARGET_PRESETS[t]) if isinstance(t, str) else list(t)
 
 
-def load_model(cfg: TrainConfig, base_path: Path):
+def load_model(cfg: TrainConfig, base_path: Path, device: str = "cpu"):
     """The base model, 4-bit nf4 when bitsandbytes can (else unquantized, with a loud log line).
 
-    Computes in ``cfg.compute_dtype``; ``auto`` is bf16 only on a CPU that runs it fast
-    (``candor.hardware``): on an AVX2-only CPU a bf16 step took 15x as long as a float32 one.
-    Returns the model and its precision label (``nf4`` or the unquantized dtype's short name).
+    Device, dtype and the QLoRA config come from the profile module (``candor.profile``): computes in
+    ``cfg.compute_dtype``, where ``auto`` is bf16 on CUDA and, on a CPU, bf16 only where it runs fast (on an
+    AVX2-only CPU a bf16 step took 15x as long as a float32 one). Returns the model and its precision label
+    (``nf4`` or the unquantized dtype's short name).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    name = resolve_dtype(cfg.compute_dtype)
+    name = resolve_model_dtype(cfg.compute_dtype, device)
     dtype = getattr(torch, name)
-    short = {"bfloat16": "bf16", "float32": "fp32"}[name]
+    short = {"bfloat16": "bf16", "float32": "fp32"}.get(name, name)
+    place = model_load_kwargs(device)
     if cfg.quantization == "nf4":
         try:
-            from transformers import BitsAndBytesConfig
-
-            q = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=dtype,
-                bnb_4bit_use_double_quant=True,
-            )
+            q = qlora_config(device, cfg.compute_dtype)
             model = AutoModelForCausalLM.from_pretrained(
-                base_path, quantization_config=q, dtype=dtype, attn_implementation="sdpa"
+                base_path, quantization_config=q, dtype=dtype, attn_implementation="sdpa", **place
             )
-            log.info("loaded %s in 4-bit nf4 (%s compute, double quant): QLoRA", base_path, short)
+            log.info("loaded %s in 4-bit nf4 (%s compute, double quant) on %s: QLoRA", base_path, short, device)
             return model, "nf4"
         except Exception as exc:  # bitsandbytes missing or no backend for this device
             log.warning("4-bit nf4 unavailable (%s): FALLING BACK to %s LoRA", exc, short)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
-    log.info("loaded %s in %s: plain LoRA", base_path, short)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa", **place)
+    log.info("loaded %s in %s on %s: plain LoRA", base_path, short, device)
     return model, short
+
+
+def device_arguments(device: str, compute_dtype: str) -> dict[str, Any]:
+    """The profile's device-dependent ``TrainingArguments`` (``candor.profile.trainer_arguments``) without its
+    batch shape (the recipe's own) or checkpointing (``attach_lora`` does it when the config asks). On a CPU
+    no bf16 autocast: the model is loaded in its compute dtype, as the recipe always trained it."""
+    args = trainer_arguments(device, compute_dtype=compute_dtype)
+    for key in BATCH_SHAPE + ("gradient_checkpointing", "activation_checkpointing", "activation_checkpointing_kwargs"):
+        args.pop(key, None)
+    if not is_cuda(device):
+        args["bf16"] = False
+    return args
 
 
 def attach_lora(model, cfg: TrainConfig):
@@ -226,6 +234,7 @@ def fit(
     resume: bool,
     progress: bool,
     checkpoints: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train the adapter on ``examples`` with the Trainer; ``train_log.jsonl`` in ``cfg.output_dir``.
 
@@ -251,6 +260,7 @@ def fit(
         logging_steps=cfg.logging_steps if checkpoints else 1,
         save_strategy="steps" if checkpoints else "no",
         save_total_limit=cfg.save_total_limit or None,
+        **device_arguments(device, cfg.compute_dtype),
     )
     trainer = tr.CandorTrainer(
         model=model,
@@ -294,11 +304,12 @@ def train(cfg: TrainConfig, settings, resume: bool = True, progress: bool = True
     torch.manual_seed(cfg.seed)  # the LoRA's initial weights
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     examples, dropped = read_examples(Path(cfg.train_file), tokenizer, cfg)
-    model, precision = load_model(cfg, base_path)
+    device = settings.resolved_device
+    model, precision = load_model(cfg, base_path, device)
     model = attach_lora(model, cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    run_facts = fit(cfg, model, examples, pad_id, loss_spec(cfg), resume=resume, progress=progress)
+    run_facts = fit(cfg, model, examples, pad_id, loss_spec(cfg), resume=resume, progress=progress, device=device)
     run_facts.pop("loss")
     save_adapter(model, out / "adapter", cfg)
     summary = {
@@ -307,7 +318,8 @@ def train(cfg: TrainConfig, settings, resume: bool = True, progress: bool = True
         "train_examples": len(examples),
         "dropped_too_long": dropped,
         "precision": precision,
-        "compute_dtype": resolve_dtype(cfg.compute_dtype),
+        "compute_dtype": resolve_model_dtype(cfg.compute_dtype, device),
+        "device": device,
         "adapter_dir": str(out / "adapter"),
         "config": asdict(cfg),
     }

@@ -31,7 +31,7 @@ from typing import Any
 
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune import train as ft
-from candor.hardware import resolve_dtype
+from candor.profile import resolve_model_dtype
 from candor.settings import apply_thread_settings
 
 log = logging.getLogger("candor.retrain.loop_train")
@@ -104,7 +104,8 @@ def train_from(
     _check_feedback_kept(Path(cfg.train_file), examples, cfg.max_length)
     if anchor:
         anchor_base_rows(examples)
-    model, precision = ft.load_model(cfg, base_path)
+    device = settings.resolved_device
+    model, precision = ft.load_model(cfg, base_path, device)
     if init_adapter is not None:
         from peft import PeftModel
 
@@ -123,7 +124,9 @@ def train_from(
     # the snapshot teacher is the adapter we start from: taken before the first step
     run_cfg = replace(cfg, snapshot_steps=0)
     spec = loop_loss_spec(cfg, anchor, base_ce_weight)
-    facts = ft.fit(run_cfg, model, examples, pad_id, spec, resume=False, progress=progress, checkpoints=False)
+    facts = ft.fit(
+        run_cfg, model, examples, pad_id, spec, resume=False, progress=progress, checkpoints=False, device=device
+    )
     records = facts.pop("loss")
     ft.save_adapter(model, out / "adapter", cfg)
     with (out / "loss.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -141,7 +144,8 @@ def train_from(
         "last_loss": records[-1]["loss"] if records else None,
         "peak_rss_mb": facts["peak_rss_mb"],
         "precision": precision,
-        "compute_dtype": resolve_dtype(cfg.compute_dtype),
+        "compute_dtype": resolve_model_dtype(cfg.compute_dtype, device),
+        "device": device,
         "kl_on": "base rows" if anchor else cfg.kl_tokens,
         "base_ce_weight": base_ce_weight if anchor else 1.0,
         "torch_threads": facts["torch_threads"],
