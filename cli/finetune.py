@@ -231,16 +231,32 @@ def ship_cmd(
     typer.echo(f"shipped {out}")
 
 
-@finetune.command("ship-verifier")
-def ship_verifier_cmd(
-    run_dir: Path = typer.Argument(..., help="A verifier run folder (holds verifier/ and train_summary.json)."),
-    dest: Path = typer.Option(Path("models/candor-verifier"), help="Where the shipped verifier goes."),
-    eval_json: list[Path] | None = typer.Option(None, "--eval", help="Evaluation JSONs to quote in the card."),
-) -> None:
-    """Copy a trained verifier into models/ with a card generated from its measured numbers."""
-    from candor.finetune.model_card import ship_verifier
+def _ship_command(name: str, what: str, run_help: str, evals: tuple[str, str], target: str) -> None:
+    """`candor finetune ship-verifier|ship-reader`: ``target`` ("module:function") copies the run's model into
+    models/ with a card quoting the evaluations given with the ``evals`` option (its flag and help)."""
+    flag, evals_help = evals
 
-    typer.echo(f"shipped {ship_verifier(run_dir, dest, eval_json)}")
+    def ship(
+        run_dir: Path = typer.Argument(..., help=run_help),
+        dest: Path = typer.Option(Path(f"models/candor-{what}"), help=f"Where the shipped {what} goes."),
+        reports: list[Path] | None = typer.Option(None, flag, help=evals_help),
+    ) -> None:
+        import importlib
+
+        module, _, fn = target.partition(":")
+        typer.echo(f"shipped {getattr(importlib.import_module(module), fn)(run_dir, dest, reports)}")
+
+    ship.__doc__ = f"Copy a trained {what} into models/ with a card generated from its measured numbers."
+    finetune.command(name)(ship)
+
+
+_ship_command(
+    "ship-verifier",
+    "verifier",
+    "A verifier run folder (holds verifier/ and train_summary.json).",
+    ("--eval", "Evaluation JSONs to quote in the card."),
+    "candor.finetune.model_card:ship_verifier",
+)
 
 
 def _reader_sources(p: dict, source: Path | None, split: str | None) -> list[str]:
@@ -362,13 +378,10 @@ def _eval_question_set(settings, ev: dict, models: dict, questions: Path, collec
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
 
 
-@finetune.command("ship-reader")
-def ship_reader_cmd(
-    run_dir: Path = typer.Argument(..., help="A reader run folder (holds final/, summary.json, data_stats.json)."),
-    dest: Path = typer.Option(Path("models/candor-reader"), help="Where the shipped reader goes."),
-    report: list[Path] | None = typer.Option(None, "--report", help="eval-reader JSONs to quote in the card."),
-) -> None:
-    """Copy a trained reader into models/ with a card generated from its measured numbers."""
-    from candor.finetune.reader_card import ship_reader
-
-    typer.echo(f"shipped {ship_reader(run_dir, dest, report)}")
+_ship_command(
+    "ship-reader",
+    "reader",
+    "A reader run folder (holds final/, summary.json, data_stats.json).",
+    ("--report", "eval-reader JSONs to quote in the card."),
+    "candor.finetune.reader_card:ship_reader",
+)
