@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from candor.errors import InvalidInputError
+from candor.finetune.encoder_run import EncoderRunConfig, threshold_report
 from candor.finetune.reader_data import ReaderExample, build_reader_examples
 from candor.finetune.squad import Corpus, load_squad
 from candor.jsonl import json_objects
@@ -39,37 +40,21 @@ log = logging.getLogger("candor.finetune.reader")
 
 
 @dataclass
-class ReaderConfig:
+class ReaderConfig(EncoderRunConfig):
     output_dir: str = "var/finetune/reader"
     sources: list[str] = field(default_factory=list)  # "PATH" (SQuAD v2 .json) or "PATH:SPLIT" (JSONL folder)
-    seed: int = 13
-    val_articles: int = 3  # of the first source, as the dataset builder splits them
-    miss_ratio: float = 0.2
-    removed_ratio: float = 0.2
-    max_length: int = 384
     doc_stride: int = 128
     max_answer_len: int = 30
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
     warmup_steps: int = 50
-    num_train_epochs: float = 2.0
-    max_steps: int = -1
     time_budget_minutes: float = 0.0  # per invocation; 0 = none. The run saves, stops, and resumes next time
-    save_steps: int = 100
-    logging_steps: int = 20
-    torch_threads: int = 1
     init_from: str | None = None  # a verifier folder: its trained encoder layers seed the reader's
     init_from_reader: str | None = None  # a reader folder: continue from its tensors (encoder and span head)
     extra_examples: str | None = None  # a JSONL of ReaderExample rows added to training (the loop's flag labels)
     extra_repeats: int = 1  # each extra example this many times (a handful of labels among the replay rows)
     limit_examples: int = 0  # 0 = all (tests use a handful)
-    val_limit: int = 800
 
     def __post_init__(self) -> None:
-        for name in ("miss_ratio", "removed_ratio"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise InvalidInputError(f"reader {name} must be between 0 and 1")
+        super().__post_init__()
         if self.doc_stride >= self.max_length // 2 or self.max_length < 64:
             raise InvalidInputError("reader max_length must be >= 64 and doc_stride less than half of it")
         if self.extra_repeats < 1:
@@ -196,7 +181,7 @@ def score_examples(model, tokenizer, examples: list[ReaderExample], cfg: ReaderC
 
 def validation_report(examples: list[ReaderExample], evidence: list) -> dict:
     """AUROC of 1 - P(answerable), the minimax threshold, SQuAD 2.0 EM/F1 at that threshold."""
-    from candor.finetune.metrics import Scored, auroc, choose_threshold, exact_match, token_f1
+    from candor.finetune.metrics import Scored, exact_match, token_f1
 
     golds = [[e.answer_text] if e.answerable else [] for e in examples]
     scored = [
@@ -210,13 +195,9 @@ def validation_report(examples: list[ReaderExample], evidence: list) -> dict:
         )
         for e, ev, g in zip(examples, evidence, golds, strict=True)
     ]
-    threshold, point = choose_threshold(scored, "minimax")
     return {
         "examples": len(examples),
-        "auroc": round(auroc(scored), 4),
-        "threshold": threshold,
-        "hallucination_rate": round(point.get("hallucination_rate", 0.0), 4),
-        "over_refusal": round(point.get("over_refusal", 0.0), 4),
+        **threshold_report(scored),
         "span_em_answerable": round(
             sum(s.em for s in scored if not s.should_refuse) / max(1, sum(not s.should_refuse for s in scored)), 4
         ),

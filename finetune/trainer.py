@@ -103,6 +103,11 @@ def spent_before(checkpoint: str | None) -> float:
     return float(saved.get("attributes", {}).get("spent_before", 0.0))
 
 
+# what the library adds to a step's logs that the record states its own way (or not at all)
+_NOT_STEP_FIELDS = {"learning_rate", "grad_norm", "epoch", "num_input_tokens_seen", "train_runtime"}
+_NOT_STEP_FIELDS |= {"train_tokens_per_second"}
+
+
 class JsonlLog(TrainerCallback):
     """Each logged step as one JSON line (step, epoch, lr, grad_norm, loss and the loss parts, tokens,
     elapsed_s, tokens_per_s, peak_rss_mb). A fresh run starts the file; a resumed one keeps the lines up to
@@ -127,7 +132,7 @@ class JsonlLog(TrainerCallback):
         tokens = int(state.num_input_tokens_seen or 0)
         rec = {"step": state.global_step, "epoch": state.epoch, "lr": logs.get("learning_rate")}
         rec["grad_norm"] = logs.get("grad_norm")
-        rec.update({k: v for k, v in logs.items() if k not in ("learning_rate", "grad_norm", "epoch")})
+        rec.update({k: v for k, v in logs.items() if k not in _NOT_STEP_FIELDS})
         rec.update(
             tokens=tokens,
             elapsed_s=round(elapsed, 1),

@@ -34,7 +34,8 @@ from pathlib import Path
 from candor.answerability import FORMAT, WEIGHTS_FILE, VerifierMeta, describe_base_model, load_classifier
 from candor.errors import InvalidInputError
 from candor.finetune.dataset import split_articles
-from candor.finetune.metrics import Scored, auroc, choose_threshold
+from candor.finetune.encoder_run import EncoderRunConfig, threshold_report
+from candor.finetune.metrics import Scored
 from candor.finetune.squad import Corpus, Question
 from candor.hardware import auto_float_dtype
 from candor.settings import apply_thread_settings
@@ -46,30 +47,18 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
 @dataclass
-class VerifierConfig:
+class VerifierConfig(EncoderRunConfig):
     output_dir: str = "var/finetune/verifier"
-    seed: int = 13
-    val_articles: int = 3  # the dataset builder's split (same seed → same articles)
-    miss_ratio: float = 0.2  # retrieval_miss pairs per answerable question
-    removed_ratio: float = 0.3  # answer_removed pairs per answerable question
+    removed_ratio: float = 0.3
     max_length: int = 320
-    batch_size: int = 16
     learning_rate: float = 8e-5
-    weight_decay: float = 0.01
     warmup_ratio: float = 0.06
-    num_train_epochs: float = 2.0
-    max_steps: int = -1
-    time_budget_minutes: float = 0.0  # 0 = none; the schedule then decays over the budget
-    save_steps: int = 100
     logging_steps: int = 25
-    torch_threads: int = 1
     limit_pairs: int = 0  # 0 = all (tests use a handful)
     val_limit: int = 600
 
     def __post_init__(self) -> None:
-        for name in ("miss_ratio", "removed_ratio"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise InvalidInputError(f"verifier {name} must be between 0 and 1")
+        super().__post_init__()
         if self.batch_size < 1 or self.max_length < 16:
             raise InvalidInputError("verifier batch_size must be >= 1 and max_length >= 16")
 
@@ -161,14 +150,7 @@ def score_pairs(model, tokenizer, pairs: list[Pair], max_length: int, batch_size
 def validation_report(pairs: list[Pair], probs: list[float]) -> dict:
     """AUROC of 1 - p as a refusal score, and the minimax threshold, on the validation pairs."""
     scored = [Scored(p.label == 0, False, 1.0 - pr, 0.0, 0.0, p.kind) for p, pr in zip(pairs, probs, strict=True)]
-    threshold, point = choose_threshold(scored, "minimax")
-    return {
-        "pairs": len(pairs),
-        "auroc": round(auroc(scored), 4),
-        "threshold": threshold,
-        "hallucination_rate": round(point.get("hallucination_rate", 0.0), 4),
-        "over_refusal": round(point.get("over_refusal", 0.0), 4),
-    }
+    return {"pairs": len(pairs), **threshold_report(scored)}
 
 
 def trainable_state(model) -> dict:
