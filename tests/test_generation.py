@@ -108,6 +108,8 @@ def test_generation_params_from_settings_and_in_tgi_words() -> None:
     assert p == GenerationParams(max_new_tokens=48, repetition_penalty=1.2, frequency_penalty=0.0, stop=("\n\n",))
     assert p.tgi() == {"max_new_tokens": 48, "stop": ["\n\n"], "repetition_penalty": 1.2}
     assert GenerationParams.from_settings(s, 32).max_new_tokens == 32
+    assert load_settings().stop_sequences == ["\n\n"]  # the measured default (reports/generation-hygiene.md)
+    assert load_settings().repetition_penalty is None and load_settings().frequency_penalty is None
     assert GenerationParams().tgi() == {"max_new_tokens": 64, "stop": None}
     assert p.cut_stop("Paris.\n\nQuestion: x") == "Paris."
     assert clip("Paris.\n\nParis.", ["\n\n"]) == "Paris."

@@ -26,7 +26,9 @@ LOOP = json.loads((Path(__file__).parent / "fixtures" / "handbook_loop.json").re
 def test_the_answer_core_cuts_the_loop_the_shipped_adapter_made(model_server_factory, base_model_dir: Path) -> None:
     server = model_server_factory(adapters={"candor-refusal": REPO_ROOT / "models" / "candor-refusal"})
     # no penalty and no stop sequence: the loop is the model's, the guard alone must stop it
-    settings = load_settings(llm_url=server.url, llm_adapter="candor-refusal", max_new_tokens=64)
+    settings = load_settings(
+        llm_url=server.url, llm_adapter="candor-refusal", max_new_tokens=64, stop_sequences=[], prompt_evidence="none"
+    )
     passages = FixedPassages()
     collection = passages.add("handbook", [ContextChunk(c["text"], c["title"]) for c in LOOP["chunks"]])
     log = MemoryLog()
