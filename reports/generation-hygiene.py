@@ -69,7 +69,8 @@ def oracle_rows(name: str, load: tuple[str, str]) -> list[dict]:
                     em, f1 = exact_match(text, p["answers"]), token_f1(text, p["answers"])
                 scored.append(Scored(p["should_refuse"], refused, p["confidence"], em, f1, p["category"]))
                 repeats += repeats_a_sentence(text)
-            decoding = cfg["decoding"].split("; ", 1)[-1] + (f", {variant} (scored from predictions)" if variant else "")
+            suffix = f", {variant} (scored from predictions)" if variant else ""
+            decoding = cfg["decoding"].split("; ", 1)[-1] + suffix
             rows.append(
                 {
                     "set": "oracle dev",
