@@ -317,31 +317,29 @@ def eval_reader_cmd(
     split: str = typer.Option("dev", help="The split to report."),
     limit: int = typer.Option(0, help="A stratified sample of this many questions (0 = all)."),
     threshold: float | None = typer.Option(None, help="Threshold on 1 - P(answerable); default: the reader's."),
+    mode: str = typer.Option(
+        "oracle", help="oracle: each question with its own paragraph; rag: what the collection retrieves for it."
+    ),
+    collection: str | None = typer.Option(None, help="rag: the collection (default: params eval.rag.collection)."),
+    int8: bool = typer.Option(False, "--int8", help="The reader with int8 weights, at its int8 threshold."),
     out: Path = typer.Option(Path("reports/reader-oracle-dev.json"), help="Output JSON (+ .md beside it)."),
 ) -> None:
-    """The reader alone in oracle mode: SQuAD 2.0 EM/F1 (HasAns/NoAns) and Candor's decision metrics."""
+    """The reader alone: SQuAD 2.0 EM/F1 (HasAns/NoAns) and Candor's decision metrics, oracle or RAG (no
+    generation: retrieved passages read as the service reads them)."""
     _logging()
-    from candor.data_source import data_split
-    from candor.finetune.evaluate import oracle_items
     from candor.finetune.params import load_params, section
-    from candor.finetune.reader_eval import evaluate_reader, write_reader_report
-    from candor.finetune.squad import load_squad
+    from candor.finetune.reader_eval import run_reader_eval, write_reader_report
     from candor.reader import AnswerabilityReader
     from candor.settings import get_settings
 
+    settings = get_settings()
     ev = section(load_params(params), "eval")
-    corpus = load_squad(data_split(split, source or ev.get("source")), split)
-    items = oracle_items(
-        corpus,
-        limit=limit,
-        seed=int(ev.get("seed", 13)),
-        extra_categories=ev.get("extra_categories", []) or [],
-        extra_limit=int(ev.get("extra_limit", 100)),
-    )
-    model = AnswerabilityReader(reader, get_settings().resolved_embed_model_path)
-    report = evaluate_reader(model, items, threshold)
-    report["reader"] = str(reader)
-    report["split"] = split
+    model = AnswerabilityReader(reader, settings.resolved_embed_model_path, int8=int8)
+    report = run_reader_eval(
+        settings, ev, model, mode=mode, split=split, source=source, limit=limit, threshold=threshold,
+        collection=collection,
+    )  # fmt: skip
+    report["reader"] = str(reader) + (" (int8)" if int8 else "")
     write_reader_report(report, out)
     d, s = report["decision"], report["squad2"]
     typer.echo(
@@ -349,6 +347,29 @@ def eval_reader_cmd(
         f"{100 * d['over_refusal']:.1f}%  SQuAD2 EM {100 * s['all']['em']:.1f} F1 {100 * s['all']['f1']:.1f}"
     )
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@finetune.command("quantize-reader")
+def quantize_reader_cmd(
+    reader: Path = typer.Argument(..., help="A reader folder (reader.json + reader.safetensors)."),
+    params: Path = PARAMS,
+    source: Path | None = typer.Option(None, help=SOURCE_HELP),
+    split: str | None = typer.Option(None, help="Split inside a JSONL folder (default: params build_data.split)."),
+) -> None:
+    """Choose the int8 reader's own threshold on the validation articles (CANDOR_READER_INT8 serves it)."""
+    _logging()
+    from candor.finetune.params import load_params, reader_config
+    from candor.finetune.reader_quantize import quantize_reader
+    from candor.settings import get_settings
+
+    p = load_params(params)
+    cfg = reader_config(p, _reader_sources(p, source, split))
+    got = quantize_reader(reader, cfg, get_settings().resolved_embed_model_path)
+    v = got["validation"]
+    typer.echo(
+        f"int8 threshold {got['threshold']:.4f} (validation: {v['examples']} examples, AUROC {v['auroc']:.3f}, "
+        f"hallucination {100 * v['hallucination_rate']:.1f}%, over-refusal {100 * v['over_refusal']:.1f}%)"
+    )
 
 
 def _eval_question_set(settings, ev: dict, models: dict, questions: Path, collection: str | None, out: Path,

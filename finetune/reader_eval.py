@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from candor.errors import InvalidInputError
 from candor.finetune.evaluate import EvalItem
 from candor.finetune.metrics import Scored, exact_match, summarize, token_f1
 from candor.reader import Evidence, PassageReader
@@ -140,7 +141,7 @@ def markdown(report: dict) -> str:
         return f"{100 * d[key]:.1f}{tail}"
 
     lines = [
-        f"# The answerability reader alone, oracle mode ({report.get('split', '')})",
+        f"# The answerability reader alone ({report.get('split', '')})",
         "",
         f"Reader: `{report.get('reader', '')}`; threshold on 1 - P(answerable): {report['threshold']}; "
         f"{d['n']} items, {report['ms_per_item']} ms an item.",
@@ -173,3 +174,60 @@ def write_reader_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+
+
+def run_reader_eval(
+    settings,
+    ev: dict,
+    reader: PassageReader,
+    *,
+    mode: str = "oracle",
+    split: str = "dev",
+    source=None,
+    limit: int = 0,
+    threshold: float | None = None,
+    collection: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """``candor finetune eval-reader``: the reader alone, oracle (each question with its own paragraph) or RAG
+    (what the collection retrieves for it, as the service reads it; no generation, so all of dev is cheap).
+
+    ``ev``: params.yaml's eval section (seed, extra categories, the RAG collection and what it also ingests).
+    """
+    from candor.data_source import resolve_data_source, split_path
+    from candor.finetune.evaluate import oracle_items, sample_questions
+    from candor.finetune.squad import load_squad
+
+    if mode not in ("oracle", "rag"):
+        raise InvalidInputError(f"unknown reader eval mode {mode!r} (oracle, rag)")
+    src = resolve_data_source(source or ev.get("source"), settings)
+    corpus = load_squad(split_path(src, split), split)
+    seed = int(ev.get("seed", 13))
+    config: dict = {"mode": mode, "split": split, "source": str(src), "limit": limit}
+    if mode == "oracle":
+        items = oracle_items(
+            corpus,
+            limit=limit,
+            seed=seed,
+            extra_categories=ev.get("extra_categories", []) or [],
+            extra_limit=int(ev.get("extra_limit", 100)),
+        )
+        report = evaluate_reader(reader, items, threshold, progress)
+    else:
+        from candor.finetune.rag import ensure_collection
+        from candor.ingest.retriever import Retriever
+
+        rag = ev.get("rag", {}) or {}
+        collection = collection or rag.get("collection", "squad-eval")
+        also = [load_squad(split_path(src, s), s) for s in rag.get("also_ingest", ["train"]) if s != split]
+        ensure_collection(settings, collection, [corpus, *also])
+        k = int(rag.get("top_k", settings.top_k))
+        questions = sample_questions(corpus.questions, limit, seed)
+        items, scores = rag_reader_items(Retriever(settings), questions, collection, k, settings.min_retrieval_score)
+        report = evaluate_reader(reader, items, threshold, progress, headline=RAG_CATEGORIES, retrieval_scores=scores)
+        config.update({"collection": collection, "top_k": k, "min_retrieval_score": settings.min_retrieval_score})
+        config["should_refuse"] = "unanswerable, or answerable whose gold paragraph retrieval missed"
+    report["config"] = config
+    report["reader"] = getattr(reader, "version", "")
+    report["split"] = f"{split}, {mode}" + (" (retrieved passages, no generation)" if mode == "rag" else "")
+    return report

@@ -99,3 +99,45 @@ def test_rag_items_carry_what_retrieval_gave_and_the_served_refusal_rule():
     report = evaluate_reader(Fixed(), items, headline=RAG_CATEGORIES, retrieval_scores=scores)
     d = report["decision"]
     assert d["n"] == 3 and d["hallucination_rate"] == 0.0 and d["over_refusal"] == 0.0
+
+
+def test_the_commands_quantize_a_reader_and_evaluate_it_on_retrieved_passages(
+    settings, tiny_reader: Path, tmp_path: Path, capsys
+):
+    """`candor finetune quantize-reader`, then `eval-reader --mode rag --int8` over a real Chroma collection."""
+    import yaml
+
+    from candor.cli.main import main
+
+    src = write_tiny_squad(tmp_path / "squad", "train", n_articles=4)
+    write_tiny_squad(tmp_path / "squad", "dev", n_articles=2, first=4)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "build_data": {"source": str(src), "split": "train", "seed": 1, "val_articles": 2},
+                "reader": {"extra_sources": []},
+                "eval": {"seed": 1, "rag": {"collection": "tiny-reader", "top_k": 2, "also_ingest": ["train"]}},
+            }
+        )
+    )
+    folder = tmp_path / "reader"
+    shutil.copytree(tiny_reader, folder)
+    assert main(["finetune", "quantize-reader", str(folder), "--params", str(params)]) == 0
+    assert "int8 threshold" in capsys.readouterr().out
+    int8 = ReaderMeta.read(folder).int8
+    assert int8 is not None
+
+    out = tmp_path / "reports" / "rag.json"
+    args = ["finetune", "eval-reader", str(folder), "--params", str(params), "--source", str(src)]
+    assert main([*args, "--mode", "rag", "--int8", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["mode"] == "rag" and report["config"]["collection"] == "tiny-reader"
+    assert report["threshold"] == int8["threshold"] and report["reader"].endswith("(int8)")
+    d = report["decision"]
+    assert d["n"] == 8  # every dev question (2 articles x 4), retrieval misses included in the headline
+    assert set(d["per_category"]) <= set(RAG_CATEGORIES) and "answerable" in d["per_category"]
+    assert "retrieved passages" in out.with_suffix(".md").read_text()
+
+    assert main([*args, "--mode", "bogus", "--out", str(out)]) == 2
+    assert "unknown reader eval mode" in capsys.readouterr().err
