@@ -94,6 +94,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.resolve()
         elif isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, list | tuple | dict):  # complex settings travel as JSON, as pydantic-settings reads them
+            value = json.dumps(value)
         env[f"CANDOR_{name.upper()}"] = str(value)
     if settings.database_url is None:
         env["CANDOR_DATABASE_URL"] = settings.resolved_database_url

@@ -26,14 +26,17 @@ def test_two_runs_never_overlap(tmp_path) -> None:
         pass
 
 
-def test_settings_travel_to_dvc_stages_as_absolute_env(settings) -> None:
+def test_settings_travel_to_dvc_stages_as_absolute_env(settings, monkeypatch) -> None:
     from candor.settings import load_settings
 
     env = settings_env(settings)
     assert Path(env["CANDOR_DATA_DIR"]).is_absolute()
     assert env["CANDOR_DATABASE_URL"].startswith("sqlite:///")
-    again = load_settings(**{k[len("CANDOR_") :].lower(): v for k, v in env.items()})
+    for key, value in env.items():  # as a DVC stage's process reads them: from its environment
+        monkeypatch.setenv(key, value)
+    again = load_settings()
     assert again.data_dir == settings.data_dir.resolve() and again.max_new_tokens == settings.max_new_tokens
+    assert again.stop_sequences == settings.stop_sequences == ["\n\n"]  # a list travels as JSON
 
 
 def test_workspace_merges_the_small_profile(tmp_path) -> None:
