@@ -100,6 +100,17 @@ def reader_card_text(meta: dict, summary: dict, data: dict, reports: list[tuple[
         f" ({val.get('examples')} examples); span F1 on answerable {_pct(val.get('span_f1_answerable'))}.",
         "",
     ]
+    int8 = meta.get("int8") or {}
+    if int8.get("validation"):  # from `candor finetune quantize-reader`
+        v8 = int8["validation"]
+        lines += [
+            "## int8 (`CANDOR_READER_INT8=true`)",
+            "",
+            f"{int8.get('scheme', 'int8 weights')}; its own threshold {int8.get('threshold')}, chosen on the same"
+            f" {v8.get('examples')} validation examples: AUROC {v8.get('auroc')}, hallucination"
+            f" {_pct(v8.get('hallucination_rate'))}, over-refusal {_pct(v8.get('over_refusal'))}.",
+            "",
+        ]
     for title, report in reports:
         lines += _report_lines(title, report)
     lines += [
@@ -133,7 +144,7 @@ def ship_reader(run_dir: Path, dest: Path, report_paths: list[Path] | None = Non
         if not Path(path).exists():
             raise NotFoundError(f"report not found: {path}")
         report = json.loads(Path(path).read_text())
-        reports.append((f"The reader alone, oracle mode: {report.get('split', '')} ({Path(path).name})", report))
+        reports.append((f"The reader alone: {report.get('split', '')} ({Path(path).name})", report))
     return install_folder(
         dest,
         {WEIGHTS_FILE: src / WEIGHTS_FILE},

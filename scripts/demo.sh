@@ -64,7 +64,7 @@ wait_for "http://127.0.0.1:${API_PORT}/readyz" 120 "the API"
 
 ask() { echo; echo "Q: $1"; candor ask "$1" --collection "$COLLECTION"; }
 ask "How large are Candor's chunks?"                              # the handbook answers it: 256 tokens (evidence: "256")
-ask "Which GPU model does Candor require?"                        # passes the gate and the reader; the model or the grounding check refuses
+ask "How many dimensions do Candor's embeddings have?"            # passes the gate and the reader; the model or the grounding check refuses
 ask "How many languages does Candor's user interface support?"    # passes the gate; the reader refuses
 ask "How much does a Candor enterprise subscription cost per year?"  # refused by the retrieval gate
 ask "What is the boiling point of mercury?"                       # off topic: refused by the retrieval gate

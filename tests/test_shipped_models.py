@@ -8,7 +8,6 @@ come from the labelled handbook set (samples/handbook.questions.jsonl).
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from fixtures.api import COLLECTION, make_harness
 from fixtures.core import REPO_ROOT
@@ -39,14 +38,13 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
         reader_path=READER,
         max_new_tokens=Settings.model_fields["max_new_tokens"].default,  # the demo's prompt budget
     )
-    # The generation side refuses this one: in bf16 the adapter itself; in float32 its first token is a near-tie
-    # between the refusal and an answer that the grounding check then refuses, and which one wins depends on the
-    # model server's thread count (the order of float32 sums): either layer is the generation side's refusal.
-    served = httpx.get(f"{shipped_server.url}/info", timeout=10).json()["model_dtype"]
-    generation_side = {"model"} if served == "bfloat16" else {"model", "grounding"}
+    # The generation side refuses this one (the reader passes it: P(answerable) well above its threshold): the adapter
+    # itself or, when its first token is a near-tie (float32, where the order of sums follows the model server's thread
+    # count), the grounding check; either layer is the generation side's refusal.
+    generation_side = {"model", "grounding"}
     expected = {
         "How large are Candor's chunks?": None,  # answered: 256 tokens
-        "Which GPU model does Candor require?": "generation side",
+        "How many dimensions do Candor's embeddings have?": "generation side",
         "How many languages does Candor's user interface support?": "reader",
         "How much does a Candor enterprise subscription cost per year?": "retrieval_gate",
         "What is the boiling point of mercury?": "retrieval_gate",
