@@ -17,14 +17,14 @@ from candor.finetune.report import write_report
 from candor.finetune.squad import load_squad
 from candor.generation import GenerationParams
 from candor.hardware import resolve_dtype
-from candor.reader import AnswerabilityReader
+from candor.reader import load_reader
 
 
 def load_eval_verifier(settings, ev: dict, verifier_path: Path | None, reader_path: Path | None = None):
     """The answerability layer named on the command line or in params (eval.reader, eval.verifier), or None."""
     reader = reader_path or ev.get("reader")
     if reader:
-        return AnswerabilityReader(Path(reader), settings.resolved_embed_model_path)
+        return load_reader(Path(reader), settings)
     path = verifier_path or ev.get("verifier")
     if not path:
         return None

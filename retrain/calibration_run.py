@@ -12,7 +12,7 @@ from typing import Any
 from candor.decision import READER, resolve_threshold
 from candor.feedback.store import AnswerStore
 from candor.ingest.retriever import Retriever
-from candor.reader import AnswerabilityReader
+from candor.reader import AnswerabilityReader, load_reader
 from candor.retrain.calibrate import calibrate, question_set_rates
 from candor.retrain.readers import serving_reader_folder
 from candor.settings import Settings, SettingsError
@@ -22,7 +22,7 @@ def load_current_reader(settings: Settings) -> AnswerabilityReader:
     folder = serving_reader_folder(settings)
     if folder is None:
         raise SettingsError("calibrating a threshold needs the reader: set CANDOR_READER_PATH (models/candor-reader)")
-    return AnswerabilityReader(folder, settings.resolved_embed_model_path)
+    return load_reader(folder, settings)
 
 
 def run_calibration(

@@ -37,7 +37,7 @@ from typing import Any
 from candor.errors import CandorError, ConflictError, InvalidInputError
 from candor.feedback.store import AnswerStore
 from candor.jsonl import write_json
-from candor.reader import AnswerabilityReader
+from candor.reader import load_reader
 from candor.retrain.adapters import AdapterRegistry
 from candor.retrain.calibration_run import run_calibration
 from candor.retrain.hot_swap import hot_swap
@@ -307,7 +307,7 @@ def recalibrate(settings: Settings, folder: Path, echo: Callable[[str], None]) -
         store.close()
     if not collections:
         return {}
-    reader = AnswerabilityReader(folder, settings.resolved_embed_model_path)
+    reader = load_reader(folder, settings)
     out: dict[str, Any] = {}
     for name in collections:
         try:

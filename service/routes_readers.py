@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from candor.errors import CandorError
-from candor.reader import AnswerabilityReader
+from candor.reader import load_reader
 from candor.retrain.readers import ReaderRegistry, serving_reader_folder
 from candor.service.deps import AdminDep, PrincipalDep, ServicesDep
 from candor.service.routes_review import (
@@ -70,7 +70,7 @@ def reload_reader(services: Any, note: str | None) -> dict[str, Any]:
     folder = serving_reader_folder(settings)
     if folder is None:
         raise HTTPException(409, "this API serves no reader (CANDOR_READER_PATH is unset): nothing to reload")
-    model = AnswerabilityReader(folder, settings.resolved_embed_model_path)
+    model = load_reader(folder, settings)
     check = model.read("What is this?", ["This is a short passage that checks the reader reads."])
     if len(check) != 1 or not 0.0 <= check[0].answerable <= 1.0:
         raise HTTPException(500, f"the reader at {folder.name} failed its check: it is not served")
