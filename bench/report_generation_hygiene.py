@@ -8,7 +8,7 @@ decoding: a stopped request returns exactly the prefix before the stop sequence)
 through the answer core and a real model server. Every answer has been through the repeat guard; "raw"
 counts the model's text before it.
 
-    .venv/bin/python reports/generation-hygiene.py
+    .venv/bin/python bench/report_generation_hygiene.py
 """
 
 from __future__ import annotations
