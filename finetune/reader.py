@@ -29,8 +29,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from candor.answerability import WEIGHTS_FILE as VERIFIER_WEIGHTS
 from candor.errors import InvalidInputError
+from candor.finetune.dataset import split_articles
 from candor.finetune.encoder_run import EncoderRunConfig, threshold_report
+from candor.finetune.metrics import Scored, exact_match, token_f1
 from candor.finetune.reader_data import ReaderExample, build_reader_examples
 from candor.finetune.squad import Corpus, load_squad
 from candor.jsonl import json_objects
@@ -85,7 +88,6 @@ def parse_source(spec: str) -> tuple[Path, str | None]:
 
 
 def load_examples(cfg: ReaderConfig) -> tuple[list[ReaderExample], list[ReaderExample], dict]:
-    from candor.finetune.dataset import split_articles
 
     if not cfg.sources:
         raise InvalidInputError("reader training needs at least one data source")
@@ -181,7 +183,6 @@ def score_examples(model, tokenizer, examples: list[ReaderExample], cfg: ReaderC
 
 def validation_report(examples: list[ReaderExample], evidence: list) -> dict:
     """AUROC of 1 - P(answerable), the minimax threshold, SQuAD 2.0 EM/F1 at that threshold."""
-    from candor.finetune.metrics import Scored, exact_match, token_f1
 
     golds = [[e.answer_text] if e.answerable else [] for e in examples]
     scored = [
@@ -228,8 +229,6 @@ def save_reader(
 def seed_encoder(model, verifier_dir: Path) -> int:
     """Copy a verifier's trained encoder layers into the reader (its head and pooler are not a span head)."""
     from safetensors.torch import load_file
-
-    from candor.answerability import WEIGHTS_FILE as VERIFIER_WEIGHTS
 
     path = verifier_dir / VERIFIER_WEIGHTS
     if not path.exists():

@@ -15,11 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from candor.data_source import resolve_data_source, split_path
 from candor.errors import InvalidInputError
-from candor.finetune.evaluate import EvalItem
+from candor.finetune.evaluate import EvalItem, oracle_items, sample_questions
 from candor.finetune.metrics import Scored, exact_match, summarize, token_f1
+from candor.finetune.report import json_safe
+from candor.finetune.squad import load_squad
+from candor.prompts import ContextChunk
 from candor.reader import Evidence, PassageReader
 from candor.refusal_score import refusal_confidence
+from candor.service.refusal_policy import retrieval_gate
 
 
 def best_evidence(reader: PassageReader, question: str, passages: Sequence[str]) -> Evidence | None:
@@ -75,8 +80,6 @@ def rag_reader_items(
     refusal is. The question should be refused when it is unanswerable or retrieval missed its gold
     paragraph (the same rule as ``candor eval --mode rag``).
     """
-    from candor.prompts import ContextChunk
-    from candor.service.refusal_policy import retrieval_gate
 
     items, scores = [], []
     for q in questions:
@@ -169,8 +172,6 @@ def markdown(report: dict) -> str:
 
 
 def write_reader_report(report: dict, out: Path) -> None:
-    from candor.finetune.report import json_safe
-
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
@@ -194,10 +195,6 @@ def run_reader_eval(
 
     ``ev``: params.yaml's eval section (seed, extra categories, the RAG collection and what it also ingests).
     """
-    from candor.data_source import resolve_data_source, split_path
-    from candor.finetune.evaluate import oracle_items, sample_questions
-    from candor.finetune.squad import load_squad
-
     if mode not in ("oracle", "rag"):
         raise InvalidInputError(f"unknown reader eval mode {mode!r} (oracle, rag)")
     src = resolve_data_source(source or ev.get("source"), settings)

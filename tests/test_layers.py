@@ -157,11 +157,7 @@ def test_the_api_and_the_model_server_share_nothing():
 
 # Libraries too slow to import at the top of a module that `candor --help`, the API or a loop stage loads.
 HEAVY = {"torch", "transformers", "chromadb", "llama_index", "peft", "sentence_transformers", "numpy", "safetensors"}
-# Light imports still made inside functions, in modules other engineers are changing now: hoist them next.
-KNOWN_LAZY = {
-    "candor.finetune.reader",  # its training loop is moving onto transformers.Trainer (finetune/trainer.py)
-    "candor.finetune.reader_eval",
-}
+KNOWN_LAZY: set[str] = set()  # modules allowed light imports inside functions: none
 
 
 def _module_level(tree: ast.Module) -> list[ast.stmt]:
