@@ -24,7 +24,7 @@ from typing import Any
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.collate import Encoded, as_row, encode_example
 from candor.finetune.distill import LossSpec
-from candor.profile import is_cuda, model_load_kwargs, qlora_config, resolve_model_dtype, trainer_arguments
+from candor.profile import CPU, is_cuda, model_load_kwargs, qlora_config, resolve_model_dtype, trainer_arguments
 from candor.prompts import is_refusal
 from candor.settings import apply_thread_settings
 
@@ -106,7 +106,7 @@ class TrainConfig:
         return list(TARGET_PRESETS[t]) if isinstance(t, str) else list(t)
 
 
-def load_model(cfg: TrainConfig, base_path: Path, device: str = "cpu"):
+def load_model(cfg: TrainConfig, base_path: Path, device: str = CPU):
     """The base model, 4-bit nf4 when bitsandbytes can (else unquantized, with a loud log line).
 
     Device, dtype and the QLoRA config come from the profile module (``candor.profile``): computes in
@@ -234,7 +234,7 @@ def fit(
     resume: bool,
     progress: bool,
     checkpoints: bool = True,
-    device: str = "cpu",
+    device: str = CPU,
 ) -> dict[str, Any]:
     """Train the adapter on ``examples`` with the Trainer; ``train_log.jsonl`` in ``cfg.output_dir``.
 

@@ -38,6 +38,7 @@ from candor.finetune.encoder_run import EncoderRunConfig, threshold_report
 from candor.finetune.metrics import Scored
 from candor.finetune.squad import Corpus, Question
 from candor.hardware import auto_float_dtype
+from candor.profile import CPU, tensors_device
 from candor.settings import apply_thread_settings
 
 log = logging.getLogger("candor.finetune.verifier")
@@ -139,7 +140,10 @@ def score_pairs(model, tokenizer, pairs: list[Pair], max_length: int, batch_size
     was_training = model.training
     model.eval()
     out: list[float] = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=auto_float_dtype() == "bfloat16"):
+    with (
+        torch.inference_mode(),
+        torch.autocast(tensors_device(model), dtype=torch.bfloat16, enabled=auto_float_dtype() == "bfloat16"),
+    ):
         for i in range(0, len(pairs), batch_size):
             logits = model(**_encode(tokenizer, pairs[i : i + batch_size], max_length)).logits[:, 0]
             out += torch.sigmoid(logits.float()).tolist()
@@ -154,7 +158,7 @@ def validation_report(pairs: list[Pair], probs: list[float]) -> dict:
 
 
 def trainable_state(model) -> dict:
-    return {n: p.detach().to("cpu").clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().to(CPU).clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_verifier(model, folder: Path, cfg: VerifierConfig, base_path: Path, validation: dict | None) -> None:

@@ -18,10 +18,8 @@ ROOMS = ("candor", "service", "model_server", "finetune", "retrain", "ingest", "
 # Only the profile module may name them. candor/hardware.py detects CPU features from /proc/cpuinfo and
 # names no device or marker today; it is listed so a CPU-feature check stays possible there.
 ALLOWED = {Path("candor/profile.py"), Path("candor/hardware.py")}
-# Being rewritten on transformers.Trainer (issue 17 part 1) while this test landed: its `.to("cpu")` copy of the
-# trainable weights and `torch.autocast("cpu", ...)` go with that rewrite (``candor.profile.tensors_device``
-# names the model's device). Remove the entry once it is done.
-PENDING = {Path("finetune/verifier.py")}
+# Files still being moved onto the profile (none now).
+PENDING: set[Path] = set()
 
 CHAT_MARKERS = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|eot_id|>")
 DEVICE_LITERAL = re.compile(r"""(["'])(cpu|cuda)(:\d+)?\1""")
