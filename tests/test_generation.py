@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 
 import fixtures.finetune as ft_fixtures
 import pytest
 from fastapi import Request
-from fixtures.model import free_port
+from fixtures.model import ThreadedApp
 
 from candor.generation import (
     GenerationParams,
@@ -159,11 +157,10 @@ def test_the_evidence_line_sits_between_the_context_and_the_question() -> None:
 # --- the client sends them --------------------------------------------------------------------------
 
 
-class RecordingTGI:
+class RecordingTGI(ThreadedApp):
     """A real HTTP server answering TGI's generate route, recording each request body."""
 
     def __init__(self) -> None:
-        import uvicorn
         from fastapi import FastAPI
 
         self.bodies: list[dict] = []
@@ -182,21 +179,7 @@ class RecordingTGI:
             }
             return [{"generated_text": "Hi", "details": details}]
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> RecordingTGI:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().__init__(app)
 
 
 def test_the_client_sends_the_settings_generation_parameters() -> None:

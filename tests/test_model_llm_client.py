@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import pytest
 from fastapi import Request
-from fixtures.model import free_port
+from fixtures.model import ThreadedApp, free_port
 
 from candor.service.llm_client import (
     Generation,
@@ -119,7 +118,7 @@ def test_bad_request_and_health(model_server) -> None:
 # --- against a scripted fake server ---------------------------------------------------------
 
 
-class FakeTGI:
+class FakeTGI(ThreadedApp):
     """A real HTTP server whose answers are scripted: a list of statuses, then success."""
 
     def __init__(self) -> None:
@@ -186,23 +185,7 @@ class FakeTGI:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             }
 
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> FakeTGI:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().__init__(app)
 
 
 @pytest.fixture
