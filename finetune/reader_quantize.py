@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from candor.finetune.reader import ReaderConfig, load_examples, score_examples, validation_report
-from candor.reader import AnswerabilityReader, ReaderMeta
+from candor.reader import AnswerabilityReader, ReaderMeta, quantize_int8
 
 
 def quantize_reader(folder: Path, cfg: ReaderConfig, base_path: Path) -> dict:
@@ -22,9 +22,10 @@ def quantize_reader(folder: Path, cfg: ReaderConfig, base_path: Path) -> dict:
     if meta.validation and meta.validation.get("examples"):  # the float32 threshold's own validation set
         same["val_limit"] = int(meta.validation["examples"])
     cfg = ReaderConfig(**{**cfg.__dict__, **same})
-    reader = AnswerabilityReader(folder, base_path, int8=True)
+    reader = AnswerabilityReader(folder, base_path)  # float32, quantised here: it has no int8 threshold yet
+    model = quantize_int8(reader.model)
     _, val, _ = load_examples(cfg)
-    report = validation_report(val, score_examples(reader.model, reader.tokenizer, val, cfg))
+    report = validation_report(val, score_examples(model, reader.tokenizer, val, cfg))
     meta.int8 = {
         "threshold": report["threshold"],
         "validation": report,
