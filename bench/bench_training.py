@@ -1,13 +1,17 @@
-"""Training cost on this CPU: QLoRA (nf4 base, bf16 compute) vs bf16 LoRA, a few steps each.
+"""Training cost on this CPU: QLoRA (nf4 base) vs unquantized LoRA, per base-model profile, a few steps each.
 
     nice -n 10 python bench/bench_training.py [--steps 6] [--batch 4] [--threads 2] [--out PATH]
+    python bench/bench_training.py --profiles smollm2-135m,gemma3-270m --configs qlora-nf4 \
+        --out bench/results/training-profiles.json
 
 Each configuration runs `candor.finetune.train` (the trainer the pipeline uses) in its own
-process, so peak memory (ru_maxrss) is that configuration's alone, on the same examples (the
-first --examples of the training set: var/finetune/data/train.jsonl, or --train-file), same
-LoRA (r=16, all linear), same batch and max length. Reported: tokens/s over the steps after the
-first (the first pays for warm-up), the trainer's own tokens/s, seconds per step and peak RSS.
-Nothing is asserted.
+process, with ``CANDOR_MODEL_PROFILE`` set to its profile (each profile's prepared base model:
+`candor model prepare --profile NAME`), so peak memory (ru_maxrss) is that configuration's alone,
+on the same examples (the first --examples of the training set: var/finetune/data/train.jsonl, or
+--train-file), same LoRA (r=16, all linear), same batch and max length. Both compute in the
+dtype ``auto`` picks on this CPU (float32 on AVX2, bf16 where the CPU has bf16 kernels; the
+report's ``machine.cpu`` says which). Reported: tokens/s over the steps after the first (the first
+pays for warm-up), the trainer's own tokens/s, seconds per step and peak RSS. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from common import RESULTS, finish_report, report_header
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"qlora-nf4": "nf4", "lora-bf16": "none"}
+CONFIGS = {"qlora-nf4": "nf4", "lora-bf16": "none"}  # the second's name predates dtype auto: unquantized LoRA
 
 
 def one(args: argparse.Namespace) -> int:
@@ -69,12 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-file", type=Path, default=REPO / "var" / "finetune" / "data" / "train.jsonl")
     parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "training")
+    parser.add_argument("--profiles", default="", help="Comma-separated base-model profiles (default: the default)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"Comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
+        args.work_dir = args.work_dir / os.environ.get("CANDOR_MODEL_PROFILE", "default")
         return one(args)
     if not args.train_file.exists():
-        print(f"no training file at {args.train_file}: run `candor finetune dataset` or pass --train-file")
+        print(f"no training file at {args.train_file}: run `candor finetune build-data` or pass --train-file")
+        return 2
+    from candor.profile import PROFILES, get_profile
+
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()] or [get_profile().name]
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [p for p in profiles if p not in PROFILES] + [c for c in configs if c not in CONFIGS]
+    if unknown:
+        print(
+            f"unknown profile or config: {', '.join(unknown)} (profiles: {', '.join(PROFILES)}; "
+            f"configs: {', '.join(CONFIGS)})"
+        )
         return 2
 
     report: dict[str, Any] = {
@@ -86,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             "examples": args.examples,
             "threads": args.threads,
             "lora": "r=16, all linear",
+            "profiles": profiles,
         },
         "configs": {},
     }
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(args.threads)}
-    for name in CONFIGS:
-        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--batch", str(args.batch)]
+    runs = [(p, c) for p in profiles for c in configs]
+    for profile, config in runs:
+        name = config if len(profiles) == 1 else f"{profile}/{config}"
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(args.threads)}
+        env["CANDOR_MODEL_PROFILE"] = profile
+        cmd = [sys.executable, __file__, "--one", config, "--steps", str(args.steps), "--batch", str(args.batch)]
         cmd += ["--max-length", str(args.max_length), "--examples", str(args.examples), "--threads", str(args.threads)]
         cmd += ["--train-file", str(args.train_file), "--work-dir", str(args.work_dir)]
         started = time.monotonic()
@@ -101,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")
             continue
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        summary["profile"] = profile
         summary["wall_s_including_load"] = round(time.monotonic() - started, 1)
         report["configs"][name] = summary
         print(
@@ -109,7 +132,18 @@ def main(argv: list[str] | None = None) -> int:
             f"precision {summary['precision']}"
         )
     q, b = report["configs"].get("qlora-nf4", {}), report["configs"].get("lora-bf16", {})
-    if q.get("steady_tokens_per_s") and b.get("steady_tokens_per_s"):
+    if len(profiles) > 1:
+        first = report["configs"].get(f"{profiles[0]}/{configs[0]}", {})
+        report["ratios"] = {
+            f"{name} / {profiles[0]}": {
+                "steady_tokens_per_s": round(c["steady_tokens_per_s"] / first["steady_tokens_per_s"], 3),
+                "peak_rss": round(c["peak_rss_mb"] / first["peak_rss_mb"], 3),
+            }
+            for name, c in report["configs"].items()
+            if c.get("steady_tokens_per_s") and first.get("steady_tokens_per_s") and name.endswith(configs[0])
+        }
+        print(report["ratios"])
+    elif q.get("steady_tokens_per_s") and b.get("steady_tokens_per_s"):
         report["ratios"] = {
             "tokens_per_s (qlora/bf16)": round(q["steady_tokens_per_s"] / b["steady_tokens_per_s"], 3),
             "peak_rss (qlora/bf16)": round(q["peak_rss_mb"] / b["peak_rss_mb"], 3),

@@ -32,10 +32,23 @@ def load_avgs() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+# The flags that decide which kernels run: AVX2 only (float32 is the fast path) or AVX-512 with bf16
+SIMD_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The SIMD flags this CPU has (``SIMD_FLAGS``) and the float type Candor's ``auto`` picks on it."""
+    from candor.hardware import cpu_flags, resolve_dtype
+
+    flags = cpu_flags()
+    return {"simd": [f for f in SIMD_FLAGS if f in flags], "auto_dtype": resolve_dtype("auto")}
+
+
 def machine_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """CPU count, 1-minute load before the run, any ``extra`` entries, and the Python version."""
+    """CPU count and flags, 1-minute load before the run, any ``extra`` entries, and the Python version."""
     return {
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),
         "load_avg_1m_before": load_avg_1m(),
         **(extra or {}),
         "python": platform.python_version(),

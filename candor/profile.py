@@ -275,6 +275,8 @@ class BaseModelProfile:
     add_bos_token: bool | None = None  # set on the prepared tokenizer (None: leave the GGUF's choice)
     weights_note: str = ""  # how the weights were made, for the marker and model cards
     terms: str | None = None  # licence terms a user must be told about (README, model cards)
+    license: str = "apache-2.0"  # the Hub licence tag model cards of adapters on this base carry
+    display_name: str = ""  # the model's name in prose (model cards)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- chat format ---------------------------------------------------------------------
@@ -335,6 +337,7 @@ SMOLLM2_135M = BaseModelProfile(
     context_length=8192,
     dir_name="base",
     weights_note="dequantized to float32 from the Q4_1 GGUF",
+    display_name="SmolLM2-135M-Instruct",
 )
 
 GEMMA3_270M = BaseModelProfile(
@@ -354,6 +357,8 @@ GEMMA3_270M = BaseModelProfile(
     dir_name="gemma3-270m",
     add_bos_token=False,  # the template writes BOS
     weights_note="dequantized to float32 from the Q4_K_M GGUF",
+    license="gemma",
+    display_name="Gemma 3 270M (pretrained)",
     terms=(
         "Gemma is provided under and subject to the Gemma Terms of Use (https://ai.google.dev/gemma/terms); "
         "its use is also subject to the Gemma Prohibited Use Policy (https://ai.google.dev/gemma/prohibited_use_policy)."
@@ -371,6 +376,11 @@ def get_profile(name: str | None = None) -> BaseModelProfile:
         return PROFILES[name]
     except KeyError:
         raise InvalidInputError(f"unknown model profile {name!r}: use one of {', '.join(PROFILES)}") from None
+
+
+def profile_for_model_id(model_id: str | None) -> BaseModelProfile | None:
+    """The profile whose Hub id an adapter names as its base (``adapter_config.json``), if any."""
+    return next((p for p in PROFILES.values() if p.model_id == model_id), None)
 
 
 def end_of_turn_id(tokenizer: Any) -> int:

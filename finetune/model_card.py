@@ -13,7 +13,10 @@ from pathlib import Path
 
 from candor.answerability import CONFIG_FILE, WEIGHTS_FILE, describe_base_model
 from candor.errors import InvalidInputError, NotFoundError
+from candor.profile import DEFAULT_PROFILE, get_profile, profile_for_model_id
 from candor.prompts import PROMPT_VERSION, REFUSAL_SENTENCE
+
+DEFAULT_BASE = get_profile(DEFAULT_PROFILE)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_ADAPTER_BYTES = 25 * 1024 * 1024
@@ -77,18 +80,21 @@ def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eva
     nf4 = summary.get("precision") == "nf4"
     compute = {"float32": "fp32"}.get(summary.get("compute_dtype", "bfloat16"), "bf16")  # older runs: bf16
     method = f"QLoRA (4-bit nf4 base, {compute} compute, double quant)" if nf4 else f"LoRA on the {compute} base"
+    base_id = cfg.get("base_model_id") or DEFAULT_BASE.model_id  # older runs named none: the default's
+    base = profile_for_model_id(base_id)
     lines = [
         "---",
         "library_name: peft",
-        f"base_model: {cfg.get('base_model_id', 'HuggingFaceTB/SmolLM2-135M-Instruct')}",
-        "license: apache-2.0",
+        f"base_model: {base_id}",
+        f"license: {base.license if base else 'other'}",
         "datasets: [rajpurkar/squad_v2]",
         "tags: [lora, qlora, refusal, rag, candor]",
         "---",
         "",
         f"# {name}",
         "",
-        "A LoRA adapter for SmolLM2-135M-Instruct that answers briefly from the numbered context passages of "
+        f"A LoRA adapter for {base.display_name if base else base_id} that answers briefly from the numbered "
+        "context passages of "
         f"Candor's prompt (`{PROMPT_VERSION}`, `candor/prompts.py`) and replies exactly "
         f'"{REFUSAL_SENTENCE}" when they do not hold the answer.',
         "",
@@ -164,12 +170,14 @@ def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eva
         "",
         "## Limitations",
         "",
-        "A 135M model trained for under an hour on a CPU: it learned the format and to refuse, but separates "
-        "answerable from unanswerable questions only partly (see AUROC). SQuAD 2.0's unanswerable questions are "
-        "written to look answerable. Use it with Candor's retrieval gate and grounding check, not alone. "
-        "English Wikipedia-style text only.",
+        f"A small model ({base.display_name if base else base_id}) trained for under an hour on a CPU: it learned "
+        "the format and to refuse, but separates answerable from unanswerable questions only partly (see AUROC). "
+        "SQuAD 2.0's unanswerable questions are written to look answerable. Use it with Candor's retrieval gate "
+        "and grounding check, not alone. English Wikipedia-style text only.",
         "",
     ]
+    if base and base.terms:
+        lines += ["## Terms", "", base.terms + " They apply to this adapter, as to its base model.", ""]
     return "\n".join(lines)
 
 

@@ -24,7 +24,15 @@ from typing import Any
 from candor.errors import InvalidInputError, NotFoundError
 from candor.finetune.collate import Encoded, as_row, encode_example
 from candor.finetune.distill import LossSpec
-from candor.profile import CPU, is_cuda, model_load_kwargs, qlora_config, resolve_model_dtype, trainer_arguments
+from candor.profile import (
+    CPU,
+    is_cuda,
+    model_load_kwargs,
+    profile_for_model_dir,
+    qlora_config,
+    resolve_model_dtype,
+    trainer_arguments,
+)
 from candor.prompts import is_refusal
 from candor.settings import apply_thread_settings
 
@@ -35,7 +43,6 @@ TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
-HUB_BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # TrainConfig fields that are TrainingArguments fields of the same name and meaning
 SAME_NAMES = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm",
@@ -49,7 +56,7 @@ class TrainConfig:
     output_dir: str = "var/finetune/runs/main"
     train_file: str = "var/finetune/data/train.jsonl"
     base_model_path: str | None = None  # default: settings.resolved_base_model_path
-    base_model_id: str = HUB_BASE_ID  # written into adapter_config.json, so TGI/vLLM find the base
+    base_model_id: str | None = None  # adapter_config.json's base (TGI/vLLM find it); default: the profile's Hub id
     seed: int = 13
     # optimisation (SFTConfig names)
     learning_rate: float = 2e-4
@@ -208,9 +215,13 @@ def save_adapter(model, path: Path, cfg: TrainConfig) -> None:
 
 
 def base_model_path(cfg: TrainConfig, settings: Any) -> Path:
+    """The prepared base directory to train on; fills ``cfg.base_model_id`` (the Hub id the adapter will name)
+    from the profile that directory was made from, when the config names none."""
     path = Path(cfg.base_model_path) if cfg.base_model_path else settings.resolved_base_model_path
     if not (path / "config.json").exists():
         raise NotFoundError(f"base model not found at {path} (run `candor model prepare`)")
+    if not cfg.base_model_id:
+        cfg.base_model_id = profile_for_model_dir(path, settings.model_profile).model_id
     return path
 
 

@@ -9,7 +9,8 @@ import fixtures.finetune as ft_fixtures
 import pytest
 
 from candor.finetune.collate import IGNORE, ChatCollator, as_row, encode_example
-from candor.finetune.train import HUB_BASE_ID, TrainConfig, train
+from candor.finetune.train import TrainConfig, train
+from candor.profile import SMOLLM2_135M
 from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
 
 ft_base_model = ft_fixtures.ft_base_model  # the room's fixtures, until conftest registers them
@@ -101,7 +102,7 @@ def test_few_steps_lower_loss_and_write_a_loadable_adapter(ft_base_model: Path, 
 
     adapter = tmp_path / "run" / "adapter"
     conf = json.loads((adapter / "adapter_config.json").read_text())
-    assert conf["base_model_name_or_path"] == HUB_BASE_ID and conf["r"] == 8
+    assert conf["base_model_name_or_path"] == SMOLLM2_135M.model_id and conf["r"] == 8
     assert (adapter / "adapter_model.safetensors").stat().st_size > 100_000
 
     # loadable onto the bf16 base (as the embedded server serves it), and it changed the model

@@ -270,3 +270,21 @@ def test_cli_prepare_rejects_an_unknown_profile(capsys) -> None:
     assert main(["model", "prepare", "--profile", "llama"]) != 0
     err = capsys.readouterr().err
     assert "unknown model profile 'llama'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("base_id", "license_tag", "names", "terms"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0", "SmolLM2-135M-Instruct", False),
+        ("google/gemma-3-270m", "gemma", "Gemma 3 270M", True),
+        (None, "apache-2.0", "SmolLM2-135M-Instruct", False),  # a run from before the id was recorded
+    ],
+)
+def test_an_adapters_card_names_its_base_models_licence_and_terms(base_id, license_tag, names, terms) -> None:
+    from candor.finetune.model_card import card_text
+
+    summary = {"config": {"base_model_id": base_id}, "steps": 1, "tokens": 10, "precision": "nf4"}
+    card = card_text("candor-x", summary, None, None, [])
+    assert f"license: {license_tag}\n" in card and f"A LoRA adapter for {names}" in card
+    assert ("Gemma Terms of Use" in card) is terms
+    assert f"base_model: {base_id or 'HuggingFaceTB/SmolLM2-135M-Instruct'}\n" in card
