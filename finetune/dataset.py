@@ -9,6 +9,17 @@ own prompt (``candor.prompts.build_messages``), so training sees what serving
 sends. Articles, never paragraphs, are split between train and validation;
 the validation articles' raw questions are written out too, because the refusal
 threshold is chosen on them (never on dev). Deterministic for a seed.
+
+Evidence (``BuildConfig.evidence``, issue 18): served prompts may carry the
+answerability reader's evidence line (``CANDOR_PROMPT_EVIDENCE``). With a mode
+other than ``none`` every example with passages carries the line a served
+request would, rendered by ``candor.prompts.evidence_text``: the gold answer's
+span for answerable and false-premise examples (the reader finds it; a false
+premise still refuses), a deterministic pseudo-span (``pseudo_span``) for
+SQuAD's near-misses and retrieval misses (the reader always marks its best
+span, so the line alone must not make a question answerable), none without
+passages. The line is added after sampling and dedupe and draws no random
+numbers, so ``evidence: none`` writes exactly what it wrote before.
 """
 
 from __future__ import annotations
@@ -18,13 +29,21 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from candor.errors import InvalidInputError
+from candor.finetune.answer_spans import LocateStats, locate_answer
 from candor.finetune.squad import Corpus, Paragraph, Question
 from candor.jsonl import write_jsonl
-from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages, normalize_text
+from candor.prompts import (
+    EVIDENCE_MODES,
+    REFUSAL_SENTENCE,
+    ContextChunk,
+    build_messages,
+    evidence_text,
+    normalize_text,
+)
 
 CATEGORIES = ("answerable", "unanswerable", "retrieval_miss", "no_context", "false_premise")
 
@@ -46,8 +65,11 @@ class BuildConfig:
     )
     distractor_weights: list[float] = field(default_factory=lambda: [0.65, 0.3, 0.05])  # P(k = 0, 1, 2)
     same_article_distractor_p: float = 0.7  # like retrieval, distractors mostly come from the same page
+    evidence: str = "none"  # the prompt's evidence line: none | sentence | span (as CANDOR_PROMPT_EVIDENCE)
 
     def __post_init__(self) -> None:
+        if self.evidence not in EVIDENCE_MODES:
+            raise InvalidInputError(f"evidence must be one of {list(EVIDENCE_MODES)}, not {self.evidence!r}")
         unknown = set(self.ratios) - set(CATEGORIES)
         if unknown:
             raise InvalidInputError(f"unknown categories in ratios: {sorted(unknown)}; known: {CATEGORIES}")
@@ -189,6 +211,73 @@ def _example(category: str, q: Question, corpus: Corpus, s: _Sampler) -> Example
     raise InvalidInputError(f"unknown category {category!r}")
 
 
+_STOPWORDS = frozenset(
+    {"a", "an", "and", "are", "as", "at", "be", "by", "did", "do", "does", "for", "from", "had", "has", "have",
+     "how", "in", "is", "it", "its", "of", "on", "or", "the", "to", "was", "were", "what", "when", "where",
+     "which", "who", "whom", "whose", "why", "with"}
+)  # fmt: skip
+_WORD = re.compile(r"\S+")
+_PSEUDO_MAX_WORDS = 8
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in normalize_text(text).split() if w not in _STOPWORDS}
+
+
+def pseudo_span(question: str, passage: str) -> tuple[int, int] | None:
+    """A deterministic stand-in for the span a reader marks when the passage does not answer.
+
+    Deliberately simple: take the passage's sentence sharing the most content words with the question
+    (the first on a tie), then the longest run of words in it that share none with the question, at most
+    8 words (the first on a tie; the whole sentence when no word is new). Reader-like: a short phrase
+    beside the question's own words. Returns character offsets [start, end) or None for an empty passage.
+    """
+    qwords = _content_words(question)
+    sentences = [(m.start(), m.end()) for m in re.finditer(r"[^.!?]+(?:[.!?]+|$)", passage) if m.group().strip()]
+    if not sentences:
+        return None
+    best = max(sentences, key=lambda se: (len(qwords & _content_words(passage[se[0] : se[1]])), -se[0]))
+    words = [(m.start() + best[0], m.end() + best[0]) for m in _WORD.finditer(passage[best[0] : best[1]])]
+    run: list[tuple[int, int]] = []
+    longest: list[tuple[int, int]] = []
+    for start, end in words:
+        if _content_words(passage[start:end]) & qwords:
+            run = []
+            continue
+        run.append((start, end))
+        if len(run) > len(longest) and len(run) <= _PSEUDO_MAX_WORDS:
+            longest = list(run)
+    if not longest:
+        longest = words
+    start, end = longest[0][0], longest[-1][1]
+    while end > start and passage[end - 1] in ".,;:!?":
+        end -= 1
+    return (start, end) if end > start else None
+
+
+@dataclass
+class EvidenceStats:
+    with_evidence: int = 0  # examples whose prompt carries the evidence line
+    offsets: LocateStats = field(default_factory=LocateStats)  # gold spans: given, located, missed (no line)
+
+
+def _evidence_line(ex: Example, q: Question, corpus: Corpus, mode: str, stats: EvidenceStats) -> str | None:
+    """The evidence line a served request would carry for ``ex`` (None: none)."""
+    if not ex.doc_ids:
+        return None  # no passages: no reader, no line
+    if ex.category in ("answerable", "false_premise"):
+        gold = corpus.paragraphs[q.doc_id]
+        found = locate_answer(q, gold.text, stats.offsets)
+        if found is None:
+            return None
+        text, start = found
+        return evidence_text(mode, gold.text, start, start + len(text))
+    # near-miss: the gold paragraph; retrieval miss: the first passage shown
+    passage = corpus.paragraphs[q.doc_id if ex.category == "unanswerable" else ex.doc_ids[0]].text
+    span = pseudo_span(q.question, passage)
+    return None if span is None else evidence_text(mode, passage, *span)
+
+
 def build_examples(corpus: Corpus, cfg: BuildConfig, size: int, salt: str) -> tuple[list[Example], dict]:
     """Mix categories by ``cfg.ratios`` from one side of the split; dedupe; shuffle."""
     rng = random.Random(f"{salt}:{cfg.seed}")
@@ -198,12 +287,13 @@ def build_examples(corpus: Corpus, cfg: BuildConfig, size: int, salt: str) -> tu
     total = sum(cfg.ratios.values())
     out: list[Example] = []
     seen: set[str] = set()
-    stats: dict[str, dict[str, int]] = {}
+    stats: dict[str, dict] = {}
     for category in CATEGORIES:
         want = round(size * cfg.ratios.get(category, 0.0) / total)
         pool = list(impossible if category == "unanswerable" else answerable)
         rng.shuffle(pool)
         made = dupes = skipped = 0
+        ev = EvidenceStats()
         for q in pool:
             if made >= want:
                 break
@@ -218,9 +308,18 @@ def build_examples(corpus: Corpus, cfg: BuildConfig, size: int, salt: str) -> tu
                 dupes += 1
                 continue
             seen.add(key)
+            if cfg.evidence != "none":
+                line = _evidence_line(ex, q, corpus, cfg.evidence, ev)
+                if line is not None:
+                    paras = [corpus.paragraphs[d] for d in ex.doc_ids]
+                    ex.messages = build_messages(ex.question, _chunks(paras), answer=ex.answer, evidence=line)
+                    ev.with_evidence += 1
             out.append(ex)
             made += 1
         stats[category] = {"requested": want, "made": made, "duplicates_dropped": dupes, "not_possible": skipped}
+        stats[category]["with_evidence"] = ev.with_evidence
+        if cfg.evidence != "none" and category in ("answerable", "false_premise"):
+            stats[category]["offsets"] = asdict(ev.offsets)
     rng.shuffle(out)
     return out, stats
 
@@ -255,6 +354,7 @@ def build_dataset(corpus: Corpus, cfg: BuildConfig, out_dir: Path) -> dict:
     )
     stats = {
         "seed": cfg.seed,
+        "evidence": cfg.evidence,
         "train_articles": sorted(train_articles),
         "val_articles": sorted(val_articles),
         "train": {

@@ -23,7 +23,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from candor.finetune.squad import Corpus, Question
+from candor.finetune.answer_spans import LocateStats, locate_answer
+from candor.finetune.squad import Corpus
 from candor.finetune.verifier import remove_answer_sentences
 
 KINDS = ("answerable", "unanswerable", "retrieval_miss", "answer_removed")
@@ -45,30 +46,6 @@ class ReaderExample:
 
     def to_row(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class LocateStats:
-    given: int = 0  # offsets from the data that match the text
-    located: int = 0  # found by searching the paragraph
-    missed: int = 0  # answer text not in the paragraph: question dropped
-
-
-def locate_answer(q: Question, context: str, stats: LocateStats) -> tuple[str, int] | None:
-    """The first answer with a usable character offset in ``context``, or None."""
-    for text, start in zip(q.answers, q.answer_starts, strict=False):
-        if context[start : start + len(text)] == text:
-            stats.given += 1
-            return text, start
-    for text in q.answers:
-        start = context.find(text)
-        if start < 0:
-            start = context.lower().find(text.lower())
-        if start >= 0 and text.strip():
-            stats.located += 1
-            return text, start
-    stats.missed += 1
-    return None
 
 
 def build_reader_examples(
