@@ -37,6 +37,9 @@ def _logging() -> None:
 @finetune.command("build-data")
 def build_data(
     params: Path = PARAMS,
+    variant: str | None = typer.Option(
+        None, help="A variant under build_data.variants in params.yaml (e.g. evidence, topic-only)."
+    ),
     source: Path | None = typer.Option(None, help=SOURCE_HELP),
     split: str | None = typer.Option(None, help="Split name inside a JSONL folder (default: params)."),
     out_dir: Path | None = typer.Option(None, help="Output folder (default: params build_data.out_dir)."),
@@ -46,12 +49,12 @@ def build_data(
     """Write chat-format train/val JSONL, the validation articles' questions, and stats.json."""
     from candor.data_source import data_split
     from candor.finetune.dataset import build_dataset
-    from candor.finetune.params import build_config, load_params, section
+    from candor.finetune.params import build_config, build_data_section, load_params
     from candor.finetune.squad import load_squad
 
     p = load_params(params)
-    sec = section(p, "build_data")
-    cfg = build_config(p)
+    sec = build_data_section(p, variant)
+    cfg = build_config(p, variant)
     if seed is not None:
         cfg.seed = seed
     if size is not None:
@@ -64,6 +67,7 @@ def build_data(
         json.dumps(
             {
                 "out_dir": str(out),
+                "evidence": stats["evidence"],
                 "train": stats["train"]["counts"],
                 "val": stats["val"]["counts"],
                 "val_articles": stats["val_articles"],

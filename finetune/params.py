@@ -61,11 +61,38 @@ def train_config(params: dict[str, Any], variant: str | None = None, **overrides
     return to_dataclass(TrainConfig, values, "params.yaml train")
 
 
-def build_config(params: dict[str, Any]):
+def build_data_section(params: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """The build_data section with a named variant's overrides applied (``variants`` removed).
+
+    A variant writes a different data set, so it must name its own ``out_dir``: one that did not would
+    overwrite the default data that other runs train on.
+    """
     values = section(params, "build_data")
+    variants = values.pop("variants", None) or {}
+    if not isinstance(variants, dict):
+        raise InvalidInputError("params build_data.variants must be a mapping of name -> overrides")
+    if variant:
+        if variant not in variants:
+            raise InvalidInputError(f"unknown build_data variant {variant!r}; params.yaml defines {sorted(variants)}")
+        overrides = variants[variant] or {}
+        if not isinstance(overrides, dict):
+            raise InvalidInputError(f"params build_data.variants.{variant} must be a mapping of overrides")
+        if not overrides.get("out_dir"):
+            raise InvalidInputError(
+                f"build_data variant {variant!r} must set its own out_dir, or it would overwrite "
+                f"{values.get('out_dir', 'the default data folder')}"
+            )
+        values.update(overrides)
+    return values
+
+
+def build_config(params: dict[str, Any], variant: str | None = None):
+    """The build_data section (with a variant's overrides) as a BuildConfig; source/split/out_dir are the caller's."""
+    values = build_data_section(params, variant)
     for key in ("source", "split", "out_dir"):
         values.pop(key, None)
-    return to_dataclass(BuildConfig, values, "params.yaml build_data")
+    where = "params.yaml build_data" + (f".variants.{variant}" if variant else "")
+    return to_dataclass(BuildConfig, values, where)
 
 
 def verifier_config(params: dict[str, Any], **overrides: Any):
