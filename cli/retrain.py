@@ -283,7 +283,11 @@ def adapters_check(
 @loop_app.command("workspace")
 def loop_workspace(
     dest: Path = typer.Argument(..., help="Folder to create (or refresh)."),
-    profile: str | None = typer.Option(None, help="Merge params.<profile>.yaml over params.yaml (e.g. small)."),
+    profile: str | None = typer.Option(
+        None,
+        help="Merge params.<profile>.yaml over params.yaml (e.g. small); several, comma-separated, merge in order "
+        "(small,gemma3-270m).",
+    ),
     project: Path = typer.Option(Path("."), help="The Candor checkout holding dvc.yaml and params*.yaml."),
 ) -> None:
     """A DVC workspace with another params profile, for `candor retrain --workspace DEST`."""

@@ -28,13 +28,17 @@ DVC_CONFIG = """[core]
 
 
 def profile_params(project: Path, profile: str | None) -> dict[str, Any]:
-    """The project's params.yaml with ``params.<profile>.yaml`` merged over it; project paths absolute."""
+    """The project's params.yaml with ``params.<profile>.yaml`` merged over it; project paths absolute.
+
+    ``profile`` may name several, comma-separated, merged in order: ``small,gemma3-270m`` is the small
+    profile with a base model's own overrides on top (``params.gemma3-270m.yaml``).
+    """
     project = Path(project).resolve()
     params = read_params(project / "params.yaml")
-    if profile:
-        over = project / f"params.{profile}.yaml"
+    for name in [n.strip() for n in (profile or "").split(",") if n.strip()]:
+        over = project / f"params.{name}.yaml"
         if not over.exists():
-            raise NotFoundError(f"no profile {profile!r}: {over} does not exist")
+            raise NotFoundError(f"no profile {name!r}: {over} does not exist")
         params = deep_merge(params, read_params(over))
     bd = params.setdefault("build_data", {})
     if bd.get("source") and not Path(bd["source"]).is_absolute():

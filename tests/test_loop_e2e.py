@@ -23,8 +23,10 @@ from fixtures.core import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-# the shipped default adapter; CANDOR_TEST_LOOP_ADAPTER points the test at another starting adapter
+# the shipped default adapter; CANDOR_TEST_LOOP_ADAPTER points the test at another starting adapter, and
+# CANDOR_TEST_LOOP_PARAMS at other params profiles (e.g. "small,gemma3-270m" for a Gemma adapter)
 SHIPPED_ADAPTER = Path(os.environ.get("CANDOR_TEST_LOOP_ADAPTER", REPO_ROOT / "models" / "candor-refusal"))
+LOOP_PARAMS = os.environ.get("CANDOR_TEST_LOOP_PARAMS", "small")
 ADAPTER_NAME = "refusal"
 # About Candor, but not in its handbook: a good model refuses them all; the first one the serving
 # adapter answers anyway is the hallucination a user flags.
@@ -90,7 +92,7 @@ def test_a_flagged_hallucination_is_refused_by_the_next_adapter(
         harness.services.store.review_flags([flag_id], "approved", reviewer="e2e")
 
         print(f"flagged: {question!r} -> {first['answer']!r}", flush=True)
-        workspace = make_workspace(tmp_path / "loop-small", REPO_ROOT, "small")
+        workspace = make_workspace(tmp_path / "loop-small", REPO_ROOT, LOOP_PARAMS)
         summary = retrain(harness.settings, workspace, swap=True, echo=print)
         out = capsys.readouterr().out
         decision = json.loads((workspace / "var" / "loop" / "decision.json").read_text())

@@ -11,7 +11,7 @@ from fixtures.core import REPO_ROOT, serving
 from fixtures.loop import write_adapter
 from fixtures.store import answer_record
 
-from candor.errors import ConflictError, InvalidInputError, UnavailableError
+from candor.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from candor.retrain.adapters import AdapterRegistry
 from candor.retrain.loop_params import LoopPaths, read_params
 from candor.retrain.run import retrain, run_dvc, run_lock, settings_env
@@ -53,6 +53,18 @@ def test_workspace_merges_the_small_profile(tmp_path) -> None:
     assert Path(params["loop"]["code_dir"]) == REPO_ROOT
     assert (ws / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
     assert "analytics = false" in (ws / ".dvc" / "config").read_text()
+
+
+def test_workspace_merges_several_profiles_in_order(tmp_path) -> None:
+    """``small,gemma3-270m``: the small profile, then the Gemma base model's own loop overrides."""
+    params = read_params(make_workspace(tmp_path / "ws", REPO_ROOT, "small,gemma3-270m") / "params.yaml")
+    small = read_params(REPO_ROOT / "params.small.yaml")
+    gemma = read_params(REPO_ROOT / "params.gemma3-270m.yaml")
+    assert params["loop"]["train"]["learning_rate"] == gemma["loop"]["train"]["learning_rate"]
+    assert gemma["loop"]["train"]["learning_rate"] != small["loop"]["train"]["learning_rate"]
+    assert params["loop"]["train"]["num_train_epochs"] == small["loop"]["train"]["num_train_epochs"]
+    with pytest.raises(NotFoundError, match="no profile 'nope'"):
+        make_workspace(tmp_path / "ws2", REPO_ROOT, "small,nope")
 
 
 def _store_with_flags(settings):
