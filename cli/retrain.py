@@ -286,7 +286,7 @@ def loop_workspace(
     profile: str | None = typer.Option(
         None,
         help="Merge params.<profile>.yaml over params.yaml (e.g. small); several, comma-separated, merge in order "
-        "(small,gemma3-270m).",
+        "(small,<model profile>: a base model's own overrides after the small profile).",
     ),
     project: Path = typer.Option(Path("."), help="The Candor checkout holding dvc.yaml and params*.yaml."),
 ) -> None:

@@ -30,8 +30,8 @@ DVC_CONFIG = """[core]
 def profile_params(project: Path, profile: str | None) -> dict[str, Any]:
     """The project's params.yaml with ``params.<profile>.yaml`` merged over it; project paths absolute.
 
-    ``profile`` may name several, comma-separated, merged in order: ``small,gemma3-270m`` is the small
-    profile with a base model's own overrides on top (``params.gemma3-270m.yaml``).
+    ``profile`` may name several, comma-separated, merged in order: ``small,<model profile>`` is the small
+    profile with a base model's own loop overrides on top (``params.<model profile>.yaml``, docs/finetune.md).
     """
     project = Path(project).resolve()
     params = read_params(project / "params.yaml")
