@@ -56,15 +56,22 @@ def test_workspace_merges_the_small_profile(tmp_path) -> None:
 
 
 def test_workspace_merges_several_profiles_in_order(tmp_path) -> None:
-    """``small,gemma3-270m``: the small profile, then the Gemma base model's own loop overrides."""
-    params = read_params(make_workspace(tmp_path / "ws", REPO_ROOT, "small,gemma3-270m") / "params.yaml")
+    """``small,extra``: the small profile, then a base model's own loop overrides on top of it."""
+    import shutil
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "params.small.yaml"):
+        shutil.copyfile(REPO_ROOT / name, project / name)
+    (project / "params.extra.yaml").write_text("loop:\n  train:\n    learning_rate: 1.0e-5\n", encoding="utf-8")
+    params = read_params(make_workspace(tmp_path / "ws", project, "small,extra") / "params.yaml")
     small = read_params(REPO_ROOT / "params.small.yaml")
-    gemma = read_params(REPO_ROOT / "params.gemma3-270m.yaml")
-    assert params["loop"]["train"]["learning_rate"] == gemma["loop"]["train"]["learning_rate"]
-    assert gemma["loop"]["train"]["learning_rate"] != small["loop"]["train"]["learning_rate"]
+    assert params["loop"]["train"]["learning_rate"] == 1.0e-5 != small["loop"]["train"]["learning_rate"]
     assert params["loop"]["train"]["num_train_epochs"] == small["loop"]["train"]["num_train_epochs"]
     with pytest.raises(NotFoundError, match="no profile 'nope'"):
-        make_workspace(tmp_path / "ws2", REPO_ROOT, "small,nope")
+        make_workspace(tmp_path / "ws2", project, "small,nope")
+    # the repository's own model-profile file merges cleanly after the small profile
+    assert read_params(make_workspace(tmp_path / "ws3", REPO_ROOT, "small,gemma3-270m") / "params.yaml")["loop"]
 
 
 def _store_with_flags(settings):
