@@ -49,14 +49,24 @@ def to_dataclass(cls: type, values: dict[str, Any], where: str):
     return cls(**values)
 
 
-def train_config(params: dict[str, Any], variant: str | None = None, **overrides: Any):
-    """The train section, with a named variant's overrides and then explicit ones applied."""
-    values = section(params, "train")
-    variants = values.pop("variants", {}) or {}
+def with_variant(values: dict[str, Any], name: str, variant: str | None) -> dict[str, Any]:
+    """A section with its ``variants`` mapping removed and, when ``variant`` is named, that variant's overrides."""
+    variants = values.pop("variants", None) or {}
+    if not isinstance(variants, dict):
+        raise InvalidInputError(f"params {name}.variants must be a mapping of name -> overrides")
     if variant:
         if variant not in variants:
-            raise InvalidInputError(f"unknown variant {variant!r}; params.yaml defines {sorted(variants)}")
-        values.update(variants[variant])
+            raise InvalidInputError(f"unknown {name} variant {variant!r}; params.yaml defines {sorted(variants)}")
+        overrides = variants[variant] or {}
+        if not isinstance(overrides, dict):
+            raise InvalidInputError(f"params {name}.variants.{variant} must be a mapping of overrides")
+        values.update(overrides)
+    return values
+
+
+def train_config(params: dict[str, Any], variant: str | None = None, **overrides: Any):
+    """The train section, with a named variant's overrides and then explicit ones applied."""
+    values = with_variant(section(params, "train"), "train", variant)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return to_dataclass(TrainConfig, values, "params.yaml train")
 
@@ -68,21 +78,12 @@ def build_data_section(params: dict[str, Any], variant: str | None = None) -> di
     overwrite the default data that other runs train on.
     """
     values = section(params, "build_data")
-    variants = values.pop("variants", None) or {}
-    if not isinstance(variants, dict):
-        raise InvalidInputError("params build_data.variants must be a mapping of name -> overrides")
-    if variant:
-        if variant not in variants:
-            raise InvalidInputError(f"unknown build_data variant {variant!r}; params.yaml defines {sorted(variants)}")
-        overrides = variants[variant] or {}
-        if not isinstance(overrides, dict):
-            raise InvalidInputError(f"params build_data.variants.{variant} must be a mapping of overrides")
-        if not overrides.get("out_dir"):
-            raise InvalidInputError(
-                f"build_data variant {variant!r} must set its own out_dir, or it would overwrite "
-                f"{values.get('out_dir', 'the default data folder')}"
-            )
-        values.update(overrides)
+    default_out = values.get("out_dir", "the default data folder")
+    values = with_variant(values, "build_data", variant)
+    if variant and values.get("out_dir") == default_out:
+        raise InvalidInputError(
+            f"build_data variant {variant!r} must set its own out_dir, or it would overwrite {default_out}"
+        )
     return values
 
 
