@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--dtypes", default="bfloat16,int8,float32", help="The first is the reference.")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--reuse", type=Path, default=None, help="An earlier output: reuse its engines' raw results.")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="The adapter's refusal-probability threshold (its card); decisions also count p_refusal >= it.",
+    )
     parser.add_argument("--source", type=Path, default=None, help="SQuAD data; default: CANDOR_DATA_SOURCE.")
     parser.add_argument("--adapter", type=Path, default=REPO / "models" / "candor-refusal")
     parser.add_argument(
@@ -72,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8_agreement.json")
     args = parser.parse_args(argv)
 
-    from common import squad_corpus
+    from common import cpu_info, squad_corpus
 
     from candor.finetune.evaluate import oracle_items
+    from candor.finetune.metrics import token_f1
     from candor.model_server.adapters import AdapterSpec
-    from candor.model_server.model_engine import ModelEngine
+    from candor.model_server.onnx_engine import make_engine
     from candor.prompts import build_messages, is_refusal
     from candor.settings import load_settings
 
@@ -85,9 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     timing: dict[str, float] = {}
     prompts: list[list[int]] = []
+    reused = json.loads(args.reuse.read_text(encoding="utf-8")).get("raw", {}) if args.reuse else {}
     for dtype in dtypes:
-        settings = load_settings(base_model_path=args.base_model, model_dtype=dtype, model_server_threads=1)
-        engine = ModelEngine(settings, [AdapterSpec("refusal", args.adapter)])
+        if dtype in reused and len(reused[dtype]) == len(items):
+            results[dtype] = reused[dtype]  # the same questions, answered by an earlier run of this script
+            timing[dtype] = json.loads(args.reuse.read_text(encoding="utf-8"))["generation_seconds"][dtype]
+            print(f"{dtype}: reused from {args.reuse}", flush=True)
+            continue
+        engine_settings: dict[str, Any] = {"model_dtype": dtype}
+        if dtype.startswith("onnx-"):  # the onnxruntime engine at that precision
+            engine_settings = {
+                "model_engine": "onnxruntime",
+                "onnx_precision": dtype.removeprefix("onnx-"),
+                "onnx_cache_dir": str(REPO / "var" / "bench" / "onnx-cache"),
+            }
+        settings = load_settings(base_model_path=args.base_model, model_server_threads=1, **engine_settings)
+        engine = make_engine(settings, [AdapterSpec("refusal", args.adapter)])
         engine.load()
         try:
             if not prompts:
@@ -107,6 +128,19 @@ def main(argv: list[str] | None = None) -> int:
             engine.stop()
         print(f"{dtype}: {timing[dtype]} s", flush=True)
 
+    def decided(r: dict) -> bool:
+        """Refused: the answer is a refusal, or the refusal probability reaches the adapter's threshold."""
+        return is_refusal(r["text"]) or (args.threshold is not None and r["p_refusal"] >= args.threshold)
+
+    def answered_f1(rs: list[dict]) -> float:
+        """Mean token F1 over the answerable questions this engine answered (x100)."""
+        scores = [
+            token_f1(r["text"], it.answers)
+            for r, it in zip(rs, items, strict=True)
+            if not it.should_refuse and not decided(r)
+        ]
+        return 100 * statistics.mean(scores) if scores else 0.0
+
     ref_name = dtypes[0]
     ref = results[ref_name]
     comparisons = {}
@@ -123,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             "refusal_decision_agreement": round(
                 sum(is_refusal(a["text"]) == is_refusal(b["text"]) for a, b in zip(ref, got, strict=True)) / len(ref), 3
             ),
+            "decision_agreement_at_threshold": round(
+                sum(decided(a) == decided(b) for a, b in zip(ref, got, strict=True)) / len(ref), 3
+            ),
+            "answered_f1_difference": round(answered_f1(got) - answered_f1(ref), 1),
             "p_refusal_abs_diff_mean": round(statistics.mean(diffs), 4),
             "p_refusal_abs_diff_max": round(max(diffs), 4),
         }
@@ -144,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "questions": len(items),
             "unanswerable": sum(it.should_refuse for it in items),
             "mode": "oracle, own paragraph, SQuAD 2.0 dev, seed 13",
+            "cpu": cpu_info(),
             "adapter": str(args.adapter.relative_to(REPO)) if args.adapter.is_relative_to(REPO) else str(args.adapter),
             "greedy": True,
             "max_new_tokens": args.new_tokens,
@@ -153,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "generation_seconds": timing,
         "refused": {d: sum(is_refusal(r["text"]) for r in rs) for d, rs in results.items()},
+        "refused_at_threshold": {d: sum(decided(r) for r in rs) for d, rs in results.items()},
+        "answered_f1": {d: round(answered_f1(rs), 1) for d, rs in results.items()},
+        "threshold": args.threshold,
         "comparisons": comparisons,
+        "raw": results,
         "answers": [
             {"id": it.id, "should_refuse": it.should_refuse, **{d: results[d][i]["text"] for d in dtypes}}
             for i, it in enumerate(items)

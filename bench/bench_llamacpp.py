@@ -91,6 +91,23 @@ def llama_concurrent(llm: Any, prompts: list[str], clients: int, per_client: int
     return concurrency_summary(clients, results, wall)
 
 
+def engine_options(spec: str, threads: int, work_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """`candor model-server` options and environment for one --dtype entry.
+
+    A torch dtype (bfloat16, float32, int8) serves with the torch engine; ``onnx-int4``,
+    ``onnx-int8`` or ``onnx-float32`` with the onnxruntime engine at that precision (its exports
+    cached under the work directory, so a rerun does not export again)."""
+    if spec.startswith("onnx-"):
+        env = {
+            "CANDOR_MODEL_ENGINE": "onnxruntime",
+            "CANDOR_ONNX_PRECISION": spec.removeprefix("onnx-"),
+            "CANDOR_ONNX_CACHE_DIR": str((work_dir / "onnx-cache").resolve()),
+            "CANDOR_MODEL_SERVER_THREADS": str(threads),
+        }
+        return ["--threads", str(threads)], env
+    return ["--threads", str(threads), "--dtype", spec], {}
+
+
 def ratios(embedded: dict, llama: dict) -> dict[str, Any]:
     """embedded / llama.cpp: above 1 means the embedded server is faster (for rates) or slower (for times)."""
     e, ll = embedded["single_stream"], llama["single_stream"]
@@ -117,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dtype",
         default="bfloat16",
-        help="Embedded server dtype; a comma-separated list (bfloat16,int8) runs the server once per dtype.",
+        help=(
+            "Embedded server dtype or engine; a comma-separated list (float32,int8,onnx-int4,onnx-int8) runs the "
+            "server once per entry (onnx-*: CANDOR_MODEL_ENGINE=onnxruntime at that precision)."
+        ),
     )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -163,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
 
     by_dtype: dict[str, dict[str, Any]] = {}
     for dtype in args.dtype.split(","):
-        cli = ["--threads", str(args.threads), "--dtype", dtype, *args.server_args.split()]
-        server = start_model_server(base_dir, args.work_dir, args=cli)
+        cli, env = engine_options(dtype, args.threads, args.work_dir)
+        cli += args.server_args.split()
+        server = start_model_server(base_dir, args.work_dir, args=cli, env=env)
         try:
-            emb: dict[str, Any] = {"engine": f"candor model-server ({dtype}, {' '.join(cli)})", "dtype": dtype}
+            shown = " ".join([*cli, *(f"{k}={v}" for k, v in env.items() if k != "CANDOR_ONNX_CACHE_DIR")])
+            emb: dict[str, Any] = {"engine": f"candor model-server ({dtype}, {shown})", "dtype": dtype}
             emb["single_stream"] = asyncio.run(single_stream(server.url, prompts, args.new_tokens, None, args.repeats))
             emb["concurrency"] = [
                 asyncio.run(concurrent(server.url, prompts, c, args.requests_per_client, args.new_tokens, None))

@@ -131,6 +131,21 @@ class Settings(BaseSettings):
             "Linear layers, fp32 activations, CPU only; ~2.4x faster decode on the 2-core CPU (docs/performance.md)."
         ),
     )
+    model_engine: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description=(
+            "What runs the embedded model server's forward passes. torch: transformers, continuous "
+            "batching, model_dtype. onnxruntime: ONNX Runtime GenAI on CPU, the model (and each adapter, "
+            "merged) exported once with its model builder at onnx_precision and cached under "
+            "onnx_cache_dir; faster for one stream, no batching across requests (docs/performance.md)."
+        ),
+    )
+    onnx_precision: Literal["int4", "int8", "float32"] = Field(
+        "int8", description="Weights of the onnxruntime engine (MatMulNBits int4/int8 weight-only, or float32)."
+    )
+    onnx_cache_dir: Path | None = Field(
+        None, description="Where the onnxruntime engine keeps exported models, one folder per weights (DATA_DIR/onnx)."
+    )
     model_server_adapters: str | None = Field(
         None, description="Extra LoRA adapters to load, 'name=path,name=path' (like TGI's LORA_ADAPTERS)."
     )
@@ -295,6 +310,10 @@ class Settings(BaseSettings):
     @property
     def resolved_base_model_path(self) -> Path:
         return self.base_model_path or self.data_dir / "models" / self.profile.dir_name
+
+    @property
+    def resolved_onnx_cache_dir(self) -> Path:
+        return self.onnx_cache_dir or self.data_dir / "onnx"
 
     @property
     def profile(self) -> BaseModelProfile:

@@ -50,6 +50,12 @@ def model_server(
     dtype: str | None = typer.Option(
         None, help="bfloat16, float32, float16 or int8 (CPU dynamic int8; default CANDOR_MODEL_DTYPE)."
     ),
+    engine: str | None = typer.Option(
+        None, help="torch or onnxruntime (CPU, ONNX Runtime GenAI; default CANDOR_MODEL_ENGINE)."
+    ),
+    onnx_precision: str | None = typer.Option(
+        None, help="int4, int8 or float32: the onnxruntime engine's weights (default CANDOR_ONNX_PRECISION)."
+    ),
     max_batch_size: int | None = typer.Option(None, help="Rows decoded together (CANDOR_MAX_BATCH_SIZE)."),
     max_concurrent_requests: int | None = typer.Option(
         None, help="Requests in flight before 429 (CANDOR_MAX_CONCURRENT_REQUESTS)."
@@ -72,6 +78,8 @@ def model_server(
     overrides = {
         "model_server_threads": threads,
         "model_dtype": dtype,
+        "model_engine": engine,
+        "onnx_precision": onnx_precision,
         "max_batch_size": max_batch_size,
         "max_concurrent_requests": max_concurrent_requests,
         "base_model_path": base_model,

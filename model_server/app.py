@@ -41,6 +41,7 @@ from candor.model_server.model_engine import (
     StepEvent,
     UnknownAdapter,
 )
+from candor.model_server.onnx_engine import make_engine
 from candor.model_server.server_metrics import ServerMetrics
 from candor.settings import Settings
 
@@ -182,7 +183,8 @@ class _Server:
             "model_id": self.engine.model_id,
             "model_sha": None,
             "model_pipeline_tag": "text-generation",
-            "model_dtype": s.model_dtype,
+            "model_dtype": s.model_dtype if s.model_engine == "torch" else f"onnx {s.onnx_precision}",
+            "model_engine": s.model_engine,
             "model_device_type": self.engine.device,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_best_of": tgi.MAX_BEST_OF,
@@ -225,7 +227,7 @@ def create_app(
     on_load_failure: Any = None,
 ) -> FastAPI:
     """Build the app. ``load=False`` leaves loading to the caller (tests of the 503 state)."""
-    engine = engine or ModelEngine(settings, adapters, allow_base_mismatch=allow_base_mismatch)
+    engine = engine or make_engine(settings, adapters, allow_base_mismatch=allow_base_mismatch)
     server = _Server(settings, engine)
 
     @contextlib.asynccontextmanager
@@ -510,7 +512,7 @@ def run_server(
     """
     import uvicorn
 
-    engine = ModelEngine(settings, adapters, allow_base_mismatch=allow_base_mismatch)
+    engine = make_engine(settings, adapters, allow_base_mismatch=allow_base_mismatch)
     engine.check()
     holder: dict[str, Any] = {}
 
