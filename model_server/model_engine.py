@@ -292,7 +292,11 @@ class ModelEngine:
         if name == INT8:
             model = finish_model(model, name)  # CPU only (Settings refuses int8 on CUDA)
         model = model.to(self.device)
-        eos = model.generation_config.eos_token_id
+        self._remember_token_ids(model.generation_config.eos_token_id)
+        self._base = _Served(model=model, info=None)
+
+    def _remember_token_ids(self, eos: int | list[int] | None) -> None:
+        """The ids that end a row (the generation config's ``eos`` and the tokenizer's), the special ids, the pad id."""
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
@@ -300,7 +304,6 @@ class ModelEngine:
         self._special_ids = set(self.tokenizer.all_special_ids)
         if self.tokenizer.pad_token_id is not None:
             self._pad_id = self.tokenizer.pad_token_id
-        self._base = _Served(model=model, info=None)
 
     def _build_adapter(self, spec: AdapterSpec, info: AdapterInfo) -> _Served:
         assert self._base is not None

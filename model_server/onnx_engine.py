@@ -68,13 +68,7 @@ class OnnxModelEngine(ModelEngine):
             eos = GenerationConfig.from_pretrained(self.base_path, local_files_only=True).eos_token_id
         except OSError:
             eos = None
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
-        self._eos_ids = eos_ids
-        self._special_ids = set(self.tokenizer.all_special_ids)
-        if self.tokenizer.pad_token_id is not None:
-            self._pad_id = self.tokenizer.pad_token_id
+        self._remember_token_ids(eos)
         self._base = _Served(model=model, info=None)
 
     def _build_adapter(self, spec: AdapterSpec, info: AdapterInfo) -> _Served:

@@ -11,9 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from fixtures.model import Collector
 
 from candor.model_server.adapters import AdapterSpec
-from candor.model_server.model_engine import EngineNotReady, ErrorEvent, GenerationJob, ModelEngine, UnknownAdapter
+from candor.model_server.model_engine import EngineNotReady, GenerationJob, ModelEngine, UnknownAdapter
 from candor.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -25,21 +26,6 @@ QUESTIONS = [
     "Tell me a story about a cat.",
     "What is 2+2?",
 ]
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list = []
-        self.done = threading.Event()
-
-    def __call__(self, event) -> None:
-        self.events.append(event)
-        if isinstance(event, ErrorEvent) or event.finish is not None:
-            self.done.set()
-
-    def wait(self, timeout: float = 300):
-        assert self.done.wait(timeout), "generation did not finish"
-        return self.events[-1]
 
 
 @pytest.fixture(scope="module")

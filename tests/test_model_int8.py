@@ -9,14 +9,14 @@ int8 keeps the adapter's borderline refusals (it does not always: docs/performan
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from fixtures.model import Collector
 
 from candor.model_server.adapters import AdapterSpec
-from candor.model_server.model_engine import ErrorEvent, GenerationJob, ModelEngine
+from candor.model_server.model_engine import GenerationJob, ModelEngine
 from candor.prompts import REFUSAL_SENTENCE, ContextChunk, build_messages
 from candor.refusal_score import refusal_token_probability
 from candor.settings import Settings, load_settings
@@ -88,18 +88,9 @@ def _first_steps(engine: ModelEngine, cases: list, n: int = 12) -> list:
     for messages, adapter in cases:
         text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = engine.tokenizer(text)["input_ids"]
-        events: list = []
-        done = threading.Event()
-
-        def sink(event, events=events, done=done) -> None:
-            events.append(event)
-            if isinstance(event, ErrorEvent) or event.finish is not None:
-                done.set()
-
+        sink = Collector()
         engine.submit(GenerationJob(ids, n, SamplingParams(top_n_tokens=5), adapter=adapter), sink)
-        assert done.wait(300), "generation did not finish"
-        assert not isinstance(events[-1], ErrorEvent), events[-1]
-        results.append(events)
+        results.append(sink.finished())
     return results
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from fixtures.model import Collector
 
-from candor.model_server.model_engine import ErrorEvent, GenerationJob
+from candor.model_server.model_engine import GenerationJob
 from candor.model_server.onnx_engine import OnnxModelEngine, make_engine
 from candor.model_server.onnx_export import CONFIG_FILE, ensure_export, export_key
 from candor.model_server.sampling import SamplingParams
@@ -48,18 +48,9 @@ def onnx_cache(test_cache_dir: Path) -> Path:
 
 
 def _generate(engine: OnnxModelEngine, ids: list[int], n: int, adapter: str | None = None) -> list:
-    events: list = []
-    done = threading.Event()
-
-    def sink(event) -> None:
-        events.append(event)
-        if isinstance(event, ErrorEvent) or event.finish is not None:
-            done.set()
-
+    sink = Collector()
     engine.submit(GenerationJob(ids, n, SamplingParams(top_n_tokens=3), adapter=adapter), sink)
-    assert done.wait(300), "generation did not finish"
-    assert not isinstance(events[-1], ErrorEvent), events[-1]
-    return events
+    return sink.finished()
 
 
 def test_float32_export_generates_what_transformers_generates(base_model_dir: Path, onnx_cache: Path) -> None:
