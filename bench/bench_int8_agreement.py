@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common import cpu_info, squad_corpus
 
+    from candor.decision import decide
     from candor.finetune.evaluate import oracle_items
     from candor.finetune.metrics import token_f1
     from candor.model_server.adapters import AdapterSpec
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def decided(r: dict) -> bool:
         """Refused: the answer is a refusal, or the refusal probability reaches the adapter's threshold."""
-        return is_refusal(r["text"]) or (args.threshold is not None and r["p_refusal"] >= args.threshold)
+        return decide(r["p_refusal"], args.threshold, model_refused=is_refusal(r["text"])) is not None
 
     def answered_f1(rs: list[dict]) -> float:
         """Mean token F1 over the answerable questions this engine answered (x100)."""

@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from candor.errors import CandorError
+from candor.model_server.adapters import build_merged_model
 from candor.profile import CPU
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,6 @@ def ensure_export(
 
 def save_merged(base_dir: Path, adapter_path: Path, out_dir: Path) -> None:
     """The base model with the adapter merged, float32, saved as a Hugging Face directory with the base's tokenizer."""
-    from candor.model_server.adapters import build_merged_model
-
     merged = build_merged_model(base_dir, adapter_path, "float32")
     merged.save_pretrained(out_dir)
     del merged
