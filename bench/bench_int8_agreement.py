@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8_agreement.json")
     args = parser.parse_args(argv)
 
-    from common import cpu_info, squad_corpus
+    from common import cpu_info, engine_settings, squad_corpus
 
     from candor.decision import decide
     from candor.finetune.evaluate import oracle_items
@@ -94,21 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     timing: dict[str, float] = {}
     prompts: list[list[int]] = []
-    reused = json.loads(args.reuse.read_text(encoding="utf-8")).get("raw", {}) if args.reuse else {}
+    earlier = json.loads(args.reuse.read_text(encoding="utf-8")) if args.reuse else {}
     for dtype in dtypes:
-        if dtype in reused and len(reused[dtype]) == len(items):
-            results[dtype] = reused[dtype]  # the same questions, answered by an earlier run of this script
-            timing[dtype] = json.loads(args.reuse.read_text(encoding="utf-8"))["generation_seconds"][dtype]
+        if len(earlier.get("raw", {}).get(dtype, [])) == len(items):
+            results[dtype] = earlier["raw"][dtype]  # the same questions, answered by an earlier run of this script
+            timing[dtype] = earlier["generation_seconds"][dtype]
             print(f"{dtype}: reused from {args.reuse}", flush=True)
             continue
-        engine_settings: dict[str, Any] = {"model_dtype": dtype}
-        if dtype.startswith("onnx-"):  # the onnxruntime engine at that precision
-            engine_settings = {
-                "model_engine": "onnxruntime",
-                "onnx_precision": dtype.removeprefix("onnx-"),
-                "onnx_cache_dir": str(REPO / "var" / "bench" / "onnx-cache"),
-            }
-        settings = load_settings(base_model_path=args.base_model, model_server_threads=1, **engine_settings)
+        chosen = engine_settings(dtype, REPO / "var" / "bench" / "onnx-cache")
+        settings = load_settings(base_model_path=args.base_model, model_server_threads=1, **chosen)
         engine = make_engine(settings, [AdapterSpec("refusal", args.adapter)])
         engine.load()
         try:

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     StreamClock,
     add_server_run_args,
     concurrency_summary,
+    engine_settings,
     finish_report,
     int_list,
     labelled_out,
@@ -89,23 +90,6 @@ def llama_concurrent(llm: Any, prompts: list[str], clients: int, per_client: int
         results = [r for batch in pool.map(worker, range(clients)) for r in batch]
     wall = time.perf_counter() - started
     return concurrency_summary(clients, results, wall)
-
-
-def engine_options(spec: str, threads: int, work_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """`candor model-server` options and environment for one --dtype entry.
-
-    A torch dtype (bfloat16, float32, int8) serves with the torch engine; ``onnx-int4``,
-    ``onnx-int8`` or ``onnx-float32`` with the onnxruntime engine at that precision (its exports
-    cached under the work directory, so a rerun does not export again)."""
-    if spec.startswith("onnx-"):
-        env = {
-            "CANDOR_MODEL_ENGINE": "onnxruntime",
-            "CANDOR_ONNX_PRECISION": spec.removeprefix("onnx-"),
-            "CANDOR_ONNX_CACHE_DIR": str((work_dir / "onnx-cache").resolve()),
-            "CANDOR_MODEL_SERVER_THREADS": str(threads),
-        }
-        return ["--threads", str(threads)], env
-    return ["--threads", str(threads), "--dtype", spec], {}
 
 
 def ratios(embedded: dict, llama: dict) -> dict[str, Any]:
@@ -183,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
 
     by_dtype: dict[str, dict[str, Any]] = {}
     for dtype in args.dtype.split(","):
-        cli, env = engine_options(dtype, args.threads, args.work_dir)
-        cli += args.server_args.split()
+        chosen = engine_settings(dtype, args.work_dir / "onnx-cache")
+        env = {f"CANDOR_{k.upper()}": v for k, v in chosen.items()}
+        cli = ["--threads", str(args.threads), *args.server_args.split()]
         server = start_model_server(base_dir, args.work_dir, args=cli, env=env)
         try:
             shown = " ".join([*cli, *(f"{k}={v}" for k, v in env.items() if k != "CANDOR_ONNX_CACHE_DIR")])

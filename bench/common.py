@@ -160,6 +160,21 @@ def add_server_run_args(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / name)
 
 
+def engine_settings(spec: str, onnx_cache_dir: Path) -> dict[str, str]:
+    """The model-server settings one engine entry of a benchmark names.
+
+    A torch dtype (bfloat16, float32, int8) serves with the torch engine at that dtype; ``onnx-int4``,
+    ``onnx-int8`` or ``onnx-float32`` with the onnxruntime engine at that precision, its exports
+    cached in ``onnx_cache_dir`` (so a rerun does not export again)."""
+    if spec.startswith("onnx-"):
+        return {
+            "model_engine": "onnxruntime",
+            "onnx_precision": spec.removeprefix("onnx-"),
+            "onnx_cache_dir": str(onnx_cache_dir.resolve()),
+        }
+    return {"model_dtype": spec}
+
+
 def labelled_out(args: argparse.Namespace, stem: str) -> Path:
     """--out, or bench/results/<stem>[-<label>].json."""
     suffix = f"-{args.label}" if args.label else ""

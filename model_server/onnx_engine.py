@@ -26,7 +26,7 @@ from candor.model_server.adapters import AdapterInfo, AdapterSpec
 from candor.model_server.model_engine import ErrorEvent, ModelEngine, _Cohort, _Pending, _Served
 from candor.model_server.onnx_export import ensure_export
 from candor.profile import CPU
-from candor.settings import Settings
+from candor.settings import Settings, apply_thread_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class OnnxModelEngine(ModelEngine):
         return og.Model(config)
 
     def _load_base(self) -> None:
-        from transformers import AutoTokenizer
+        apply_thread_settings(self.settings.model_server_threads)  # torch still samples from the logits
+        from transformers import AutoTokenizer, GenerationConfig
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
         self.dtype = f"onnx {self.precision}"
@@ -62,8 +63,6 @@ class OnnxModelEngine(ModelEngine):
             self.settings.model_server_threads,
         )
         model = self._load_og_model(onnx_dir)
-        from transformers import GenerationConfig
-
         try:
             eos = GenerationConfig.from_pretrained(self.base_path, local_files_only=True).eos_token_id
         except OSError:

@@ -52,7 +52,7 @@ def builder_version() -> str:
         return metadata.version("onnxruntime-genai")
     except metadata.PackageNotFoundError as exc:
         raise OnnxExportError(
-            "the onnxruntime engine needs onnxruntime-genai, onnx and onnx-ir: pip install -e '.[onnx]'"
+            "the onnxruntime engine needs onnxruntime-genai, onnx and onnx-ir (Candor's dependencies): pip install -e ."
         ) from exc
 
 
@@ -68,9 +68,9 @@ def weights_fingerprint(model_dir: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def export_key(base_dir: Path, adapter_version: str | None, precision: str, accuracy_level: int = 4) -> str:
-    quant = f"{precision}@{accuracy_level}" if precision in {"int4", "int8"} else precision
-    text = f"{weights_fingerprint(base_dir)}|{adapter_version or 'base'}|{quant}|{builder_version()}|{EXPORT_RECIPE}"
+def export_key(base_dir: Path, adapter_version: str | None, precision: str) -> str:
+    parts = [weights_fingerprint(base_dir), adapter_version or "base", precision, builder_version(), str(EXPORT_RECIPE)]
+    text = "|".join(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -84,7 +84,7 @@ def set_threads(onnx_dir: Path, threads: int) -> None:
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def run_builder(hf_dir: Path, out_dir: Path, precision: str, work_dir: Path, accuracy_level: int = 4) -> None:
+def run_builder(hf_dir: Path, out_dir: Path, precision: str, work_dir: Path) -> None:
     """One builder run, ``hf_dir`` → ``out_dir``; raises OnnxExportError with the builder's last words."""
     if precision not in BUILDER_PRECISION:
         raise OnnxExportError(f"unknown onnx precision {precision!r}: use {', '.join(BUILDER_PRECISION)}")
@@ -104,9 +104,9 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, work_dir: Path, acc
         str(work_dir / "builder-cache"),
     ]
     if precision in {"int4", "int8"}:
-        # lm_head stays float32: quantized, it moved 2.7% of first tokens and 1.8 answered-F1 on 300 dev questions;
-        # float32, 2.0% and 0.5 (bench/results/onnx_agreement*.json), at ~10% of the decode speed
-        cmd += ["--extra_options", f"accuracy_level={accuracy_level}", "nodes_to_exclude=/lm_head/MatMul"]
+        # lm_head stays float32: quantized too, it changed 2.7% of first tokens and cost 1.8 answered-F1 on 300 dev
+        # questions; float32, 2.0% and 0.5 (bench/results/onnx_agreement*.json), for 52 against 56-63 decode tok/s
+        cmd += ["--extra_options", "accuracy_level=4", "nodes_to_exclude=/lm_head/MatMul"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0 or not (out_dir / CONFIG_FILE).is_file():
@@ -122,10 +122,9 @@ def ensure_export(
     *,
     adapter_path: Path | None = None,
     adapter_version: str | None = None,
-    accuracy_level: int = 4,
 ) -> Path:
     """The ONNX folder for the base model (or the base with ``adapter_path`` merged), exported if not cached."""
-    key = export_key(base_dir, adapter_version if adapter_path else None, precision, accuracy_level)
+    key = export_key(base_dir, adapter_version if adapter_path else None, precision)
     target = cache_dir / key
     if (target / CONFIG_FILE).is_file():
         set_threads(target, threads)
@@ -139,7 +138,7 @@ def ensure_export(
             source = work / "merged"
             save_merged(base_dir, adapter_path, source)
         out = work / "onnx"
-        run_builder(source, out, precision, work, accuracy_level)
+        run_builder(source, out, precision, work)
         set_threads(out, threads)
         try:
             out.rename(target)
