@@ -82,6 +82,9 @@ class TimeBudget(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
+        # a checkpoint written before this callback kept state has no entry for it, and the library's save
+        # looks the entry up by name: without this, resuming such a checkpoint fails at its first save
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.budget_s and self.elapsed_s() >= self.budget_s and state.global_step < state.max_steps:

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from transformers import TrainerState
 
 
 def test_the_schedule_warms_up_then_decays_over_steps_or_the_time_budget() -> None:
@@ -72,7 +73,7 @@ def test_the_step_log_is_cut_back_to_the_checkpoint_on_resume(tmp_path: Path) ->
 def test_the_time_budget_stops_and_saves_once_spent() -> None:
     from candor.finetune.trainer import TimeBudget
 
-    state = SimpleNamespace(global_step=1, max_steps=10)
+    state = TrainerState(global_step=1, max_steps=10)
     budget = TimeBudget(minutes=1.0, spent_s=61.0)  # a resumed run that had used it all
     budget.on_train_begin(None, state, None)
     control = budget.on_step_end(None, state, SimpleNamespace(should_save=False, should_training_stop=False))
@@ -82,3 +83,21 @@ def test_the_time_budget_stops_and_saves_once_spent() -> None:
     free.on_train_begin(None, state, None)
     control = free.on_step_end(None, state, SimpleNamespace(should_save=False, should_training_stop=False))
     assert not control.should_training_stop and free.fraction() == 0.0
+
+
+def test_a_checkpoint_saved_before_the_budget_kept_state_resumes_and_saves(tmp_path: Path) -> None:
+    """Checkpoints from before TimeBudget kept state lack its entry; the library's save looks it up by name."""
+    from candor.finetune.trainer import TimeBudget
+
+    old = TrainerState(global_step=1764, max_steps=1764)
+    old.stateful_callbacks = {"TrainerControl": {"args": {}, "attributes": {}}}
+    old.save_to_json(str(tmp_path / "trainer_state.json"))
+    state = TrainerState.load_from_json(str(tmp_path / "trainer_state.json"))  # what a resume loads
+    budget = TimeBudget(minutes=5.0)
+    budget.on_train_begin(None, state, None)
+    assert isinstance(state.stateful_callbacks["TimeBudget"], dict)  # the lookup the library's save makes
+    state.stateful_callbacks["TimeBudget"] = budget.state()
+    state.save_to_json(str(tmp_path / "trainer_state.json"))
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["stateful_callbacks"]["TimeBudget"]["args"] == {
+        "minutes": 5.0
+    }
