@@ -8,7 +8,14 @@ words: ``repetition_penalty``, ``frequency_penalty``, ``stop``) and the in-proce
 ``RepeatGuard`` stops a loop whatever the model: when the text starts a sentence that repeats an
 earlier one (normalised), the answer is cut there. It works on a stream: a sentence that might be a
 repeat (its text so far is the beginning of an earlier sentence) is held back until it either
-diverges (then it is relayed) or completes as a repeat (then the stream stops). Pure Python.
+diverges (then it is relayed) or completes as a repeat (then the stream stops).
+
+``LeadIn`` drops a stock opening ("The answer is:", "The answer to this question is:", "Answer:"): the
+135M base model opens ~40% of its answers with one and fine-tuning kept the habit (it comes back
+through the distillation term), which leaves the answer itself unchanged but buries it (EM 5% with the
+opening, 30% without, on 300 dev questions). Only openings that end in a colon are dropped, so "The
+answer is not in the passages" stays whole. ``tidy`` applies both to a finished text; the stream
+applies the same two in the same order. Pure Python.
 """
 
 from __future__ import annotations
@@ -131,6 +138,81 @@ class RepeatGuard:
         return self.text[: self._released]
 
 
+_LEAD_INS = tuple(
+    f"{head}:"
+    for head in (
+        "answer",
+        "the answer",
+        "the answer is",
+        *(f"the answer to {whose} question is" for whose in ("this", "the", "your", "that")),
+    )
+)
+
+
+class LeadIn:
+    """Drops a stock opening that ends in a colon ("The answer is: 1598" relays "1598"), on a stream.
+
+    Text is held while it may still be such an opening (compared case-blind, spaces collapsed); once it
+    is one, the opening and the spaces after it are dropped; once it cannot be, everything is relayed.
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._state = "deciding"  # deciding | dropping-space | relaying
+
+    @staticmethod
+    def _key(text: str) -> str:
+        # spaces collapsed, a trailing one kept: "the answer " may go on to "is:", "the answer:" ends it
+        return " ".join(text.lower().split()) + (" " if text[-1:].isspace() and text.strip() else "")
+
+    def feed(self, piece: str) -> str:
+        if self._state == "relaying":
+            return piece
+        self._held += piece
+        if self._state == "deciding":
+            key = self._key(self._held)
+            done = next((f for f in _LEAD_INS if key.startswith(f)), None)
+            if done is not None:
+                # cut after the colon that ends the opening (the same count of colons in the raw text)
+                colons = done.count(":")
+                at = -1
+                for _ in range(colons):
+                    at = self._held.index(":", at + 1)
+                self._held = self._held[at + 1 :]
+                self._state = "dropping-space"
+            elif not key.strip() or any(f.startswith(key) for f in _LEAD_INS):
+                return ""  # may still become an opening
+            else:
+                self._state = "relaying"
+                out, self._held = self._held, ""
+                return out
+        if self._state == "dropping-space":
+            self._held = self._held.lstrip()
+            if not self._held:
+                return ""
+            self._state = "relaying"
+            out, self._held = self._held, ""
+            return out
+        return ""
+
+    def finish(self) -> str:
+        """What is still held: an unfinished opening is relayed as it is (it was not one)."""
+        out = self._held if self._state != "dropping-space" else ""
+        self._held, self._state = "", "relaying"
+        return out
+
+
+def strip_lead_in(text: str) -> str:
+    """``text`` without a stock opening ending in a colon (what a stream through ``LeadIn`` relays)."""
+    lead = LeadIn()
+    return lead.feed(text) + lead.finish()
+
+
+def tidy(text: str) -> str:
+    """The answer hygiene the service applies to a finished text: the repeat cut, then the opening."""
+    return strip_lead_in(cut_repeats(text))
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Decoding parameters in TGI's words (greedy decoding; ``None`` leaves a penalty off)."""
@@ -179,9 +261,9 @@ class GenerationParams:
 
 
 def clip(text: str, stops: Sequence[str] = ()) -> str:
-    """Stop sequences then the repeat guard, as the answer core applies them to a finished text."""
+    """Stop sequences, the repeat guard and the opening, as the answer core applies them to a finished text."""
     for s in stops:
         at = text.find(s) if s else -1
         if at != -1:
             text = text[:at]
-    return cut_repeats(text)
+    return tidy(text)

@@ -208,3 +208,9 @@ def is_refusal(text: str) -> bool:
     if SequenceMatcher(None, head[: len(_NORMALIZED_REFUSAL)], _NORMALIZED_REFUSAL).ratio() >= 0.8:
         return True
     return any(rx.search(norm[:200]) for rx in _REFUSAL_RE)
+
+
+def gives_no_answer(text: str) -> bool:
+    """A refusal, or nothing at all (an answer that was only a stock opening, ``candor.generation.tidy``):
+    either way the user gets the refusal sentence, and evaluation counts it as refused."""
+    return not normalize_text(text) or is_refusal(text)

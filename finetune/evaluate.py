@@ -27,7 +27,7 @@ from candor.finetune.squad import Corpus, Paragraph, Question
 from candor.generation import GenerationParams, clip, repeats_a_sentence
 from candor.model_server.adapters import INT8, load_dtype
 from candor.profile import end_of_turn_id, resolve_device, resolve_model_dtype
-from candor.prompts import ContextChunk, evidence_text, fit_messages, is_refusal
+from candor.prompts import ContextChunk, evidence_text, fit_messages, gives_no_answer
 from candor.refusal_score import refusal_confidence
 from candor.settings import apply_thread_settings
 
@@ -336,7 +336,7 @@ def predict(
         extra = {} if p_ans is None else {"answerable": round(p_ans, 5)}
         text = clip(raw)
         extra["repeated_raw"] = repeats_a_sentence(raw)
-        preds.append(Prediction(it.id, text, is_refusal(text), float(conf or 0.0), alts, n, extra))
+        preds.append(Prediction(it.id, text, gives_no_answer(text), float(conf or 0.0), alts, n, extra))
     return preds
 
 

@@ -22,7 +22,7 @@ import anyio
 from candor.decision import ALL_LAYERS, GROUNDING, THRESHOLD, decide, resolve_threshold
 from candor.errors import CandorError, InvalidInputError
 from candor.feedback.thresholds import effective_threshold
-from candor.generation import RepeatGuard, cut_repeats
+from candor.generation import LeadIn, RepeatGuard, strip_lead_in, tidy
 from candor.prompts import (
     PROMPT_VERSION,
     REFUSAL_SENTENCE,
@@ -463,8 +463,8 @@ class AnswerEngine:
         except CandorError as exc:
             await self._log_failure(prep, req, exc)
             raise
-        # a loop is cut at its first repeated sentence, whatever the model (candor.generation)
-        text = cut_repeats(gen.text)
+        # a loop is cut at its first repeated sentence, and a stock opening dropped (candor.generation)
+        text = tidy(gen.text)
         result = self._judge(prep, text, gen.first_token_top, (time.perf_counter() - t0) * 1000)
         await self._log(prep, result, gen.text)
         return result
@@ -493,7 +493,8 @@ class AnswerEngine:
         t0 = time.perf_counter()
         pieces: list[str] = []
         final = None
-        guard = RepeatGuard()
+        relayed = False
+        guard, lead = RepeatGuard(), LeadIn()  # applied in tidy's order: the repeat cut, then the opening
         drain = self.token_threshold() is not None
         try:
             events = self.llm.stream(**self._payload(prep), max_new_tokens=self.settings.max_new_tokens)
@@ -501,8 +502,9 @@ class AnswerEngine:
                 async for ev in events:
                     if isinstance(ev, str):
                         pieces.append(ev)
-                        out = guard.feed(ev)
+                        out = lead.feed(guard.feed(ev))
                         if out and not hold:
+                            relayed = True
                             yield {"event": "token", "text": out}
                         if guard.stopped and not drain:
                             break  # aclosing closes the HTTP stream: the server stops generating
@@ -512,14 +514,15 @@ class AnswerEngine:
             await self._log_failure(prep, req, exc)
             raise
         raw = final.text if final is not None else "".join(pieces)
-        if not guard.stopped:
-            tail = guard.finish()
-            if tail and not hold:
-                yield {"event": "token", "text": tail}
-        text = guard.relayed.rstrip() if guard.stopped else cut_repeats(raw)
+        tail = "" if guard.stopped else lead.feed(guard.finish())
+        tail += lead.finish()
+        if tail and not hold:
+            relayed = True
+            yield {"event": "token", "text": tail}
+        text = strip_lead_in(guard.relayed).rstrip() if guard.stopped else tidy(raw)
         first_top = final.first_token_top if final is not None else None
         result = self._judge(prep, text, first_top, (time.perf_counter() - t0) * 1000)
         await self._log(prep, result, raw)
-        if hold:
+        if hold or not relayed:  # held, or nothing was left to relay (an answer that was only an opening)
             yield {"event": "token", "text": result.answer}
         yield {"event": "done", "result": result}

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from candor.decision import GROUNDING, MODEL, READER, RETRIEVAL_GATE, THRESHOLD, VERIFIER, decide
-from candor.prompts import is_refusal, normalize_text
+from candor.prompts import gives_no_answer, normalize_text
 from candor.stopwords import FUNCTION_WORDS
 
 __all__ = ["GROUNDING", "MODEL", "READER", "RETRIEVAL_GATE", "THRESHOLD", "VERIFIER"]
@@ -117,7 +117,7 @@ def judge_answer(
     With the reader's evidence (the sentence holding its span: ``evidence_sentence``), an answer that shares
     no content word with it is not grounded, however much of it the passages as a whole support.
     """
-    layer = decide(refusal_confidence, refusal_threshold, model_refused=is_refusal(answer))
+    layer = decide(refusal_confidence, refusal_threshold, model_refused=gives_no_answer(answer))
     if layer is not None:
         return PolicyOutcome(True, layer, None, None)
     support = grounding_support(answer, contexts)

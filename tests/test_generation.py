@@ -12,14 +12,17 @@ from fixtures.model import ThreadedApp
 
 from candor.generation import (
     GenerationParams,
+    LeadIn,
     RepeatGuard,
     clip,
     cut_repeats,
     first_repeat,
     repeats_a_sentence,
     sentence_key,
+    strip_lead_in,
+    tidy,
 )
-from candor.prompts import ContextChunk, build_messages, evidence_text, fit_messages
+from candor.prompts import ContextChunk, build_messages, evidence_text, fit_messages, gives_no_answer
 from candor.settings import load_settings
 
 ft_base_model = ft_fixtures.ft_base_model
@@ -122,6 +125,49 @@ def test_settings_reject_bad_generation_values() -> None:
         load_settings(frequency_penalty=3)
     with pytest.raises((SettingsError, ValueError)):
         load_settings(prompt_evidence="everything")
+
+
+# --- the stock opening --------------------------------------------------------------------------
+
+# openings the tuned 135M model gave on dev (reports/eval-oracle-dev300-evidence-s200-predictions), and texts
+# that only look like one
+OPENINGS = {
+    "The answer is: Guyard de Moulin": "Guyard de Moulin",
+    'The answer to this question is: "Fresno architects"': '"Fresno architects"',
+    "The answer to your question is: composite": "composite",
+    "the answer to the question is:\n 3.62": "3.62",
+    "Answer: Paris": "Paris",
+    "The answer to this question is: I don't know based on the provided documents.": (
+        "I don't know based on the provided documents."
+    ),
+    "The answer is 2.": "The answer is 2.",  # no colon: kept whole
+    "The answer is not in the passages.": "The answer is not in the passages.",
+    "The answer": "The answer",  # an unfinished opening is not one
+    "Answers: two": "Answers: two",
+    "Theory says: yes": "Theory says: yes",
+    "1622": "1622",
+    "": "",
+}
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_a_stock_opening_is_dropped_on_a_stream_as_on_a_finished_text(step: int) -> None:
+    for text, want in OPENINGS.items():
+        assert strip_lead_in(text) == want, text
+        lead, relayed = LeadIn(), ""
+        for i in range(0, len(text), step):
+            relayed += lead.feed(text[i : i + step])
+            # nothing of the opening is ever relayed, only what follows it
+            assert not (want != text and relayed and not want.startswith(relayed)), (text, relayed)
+        assert relayed + lead.finish() == want, (text, step)
+
+
+def test_tidy_cuts_the_repeat_then_the_opening_and_an_opening_alone_gives_no_answer() -> None:
+    assert tidy("The answer is: 256. The answer is: 512.") == "256."
+    loop = "The answer to this question is: The answer to this question is: The answer to this"
+    assert tidy(loop) == "" and gives_no_answer(tidy(loop))
+    assert clip("The answer is: Paris.\n\nThe answer is: Paris.", ["\n\n"]) == "Paris."
+    assert gives_no_answer("I don't know based on the provided documents.") and not gives_no_answer("Paris")
 
 
 # --- the evidence line -------------------------------------------------------------------------

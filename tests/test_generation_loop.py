@@ -1,5 +1,6 @@
 """Issue 18, with the real model: a prompt on which the shipped adapter looped in the handbook run
-(reports/eval-handbook-reader.md, hb-a22) gives an answer without a repeated sentence, answered or streamed."""
+(reports/eval-handbook-reader.md, hb-a22) gives an answer without a repeated sentence, answered or streamed;
+a dev question it answers "The answer is: 1185" comes back as "1185", answered or streamed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures.core import REPO_ROOT
+from fixtures.core import REPO_ROOT, SQUAD_DIR
 
 from candor.decision import MEASURE_ONLY
 from candor.generation import repeats_a_sentence
@@ -23,7 +24,9 @@ LOOP = json.loads((Path(__file__).parent / "fixtures" / "handbook_loop.json").re
 
 
 @pytest.mark.slow
-def test_the_answer_core_cuts_the_loop_the_shipped_adapter_made(model_server_factory, base_model_dir: Path) -> None:
+def test_the_answer_core_cuts_the_loop_and_the_opening_the_shipped_adapter_made(
+    model_server_factory, base_model_dir: Path
+) -> None:
     server = model_server_factory(adapters={"candor-refusal": REPO_ROOT / "models" / "candor-refusal"})
     # no penalty and no stop sequence: the loop is the model's, the guard alone must stop it
     settings = load_settings(
@@ -37,16 +40,24 @@ def test_the_answer_core_cuts_the_loop_the_shipped_adapter_made(model_server_fac
     )
     request = AnswerRequest(LOOP["question"], collection, top_k=len(LOOP["chunks"]))
 
+    # a dev question (Normans) the shipped adapter opens with "The answer is:" (reports/eval-oracle-dev300-trainer)
+    question = next(q for q in _jsonl(SQUAD_DIR / "dev.questions.jsonl") if q["id"] == "56de1563cffd8e1900b4b5c2")
+    paragraph = next(p for p in _jsonl(SQUAD_DIR / "dev.paragraphs.jsonl") if p["doc_id"] == question["doc_id"])
+    normans = passages.add("normans", [ContextChunk(paragraph["text"], paragraph["title"])])
+    opening = AnswerRequest(question["question"], normans, top_k=1)
+
     async def scenario():
         answered = await engine.answer(request)
         events = [ev async for ev in engine.stream(request)]
-        return answered, events
+        opened = await engine.answer(opening)
+        opened_events = [ev async for ev in engine.stream(opening)]
+        return answered, events, opened, opened_events
 
-    answered, events = asyncio.run(scenario())
+    answered, events, opened, opened_events = asyncio.run(scenario())
     raw = log.records[answered.answer_id]["raw_answer"]
     assert repeats_a_sentence(raw), raw  # the model still loops on this prompt ...
     assert not answered.refused and answered.answer and not repeats_a_sentence(answered.answer)  # ... the answer not
-    assert raw.startswith(answered.answer)
+    assert answered.answer in raw  # cut, and any stock opening dropped (candor.generation.tidy)
 
     streamed = "".join(ev["text"] for ev in events if ev["event"] == "token")
     done = events[-1]["result"]
@@ -54,3 +65,13 @@ def test_the_answer_core_cuts_the_loop_the_shipped_adapter_made(model_server_fac
     assert streamed.strip() == done.answer == answered.answer
     # the stream was closed at the repeat: the log keeps what had arrived, shorter than the full loop
     assert len(log.records[done.answer_id]["raw_answer"]) < len(raw)
+
+    raw = log.records[opened.answer_id]["raw_answer"]
+    assert raw.startswith("The answer is:") and "1185" in raw, raw  # the model's habit ...
+    assert not opened.refused and opened.answer.startswith("1185"), opened.answer  # ... dropped from the answer
+    streamed = "".join(ev["text"] for ev in opened_events if ev["event"] == "token")
+    assert streamed.strip() == opened_events[-1]["result"].answer == opened.answer
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

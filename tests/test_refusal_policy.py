@@ -29,6 +29,9 @@ def test_grounding_support_counts_context_words():
 def test_model_refusal_layer():
     out = judge(REFUSAL_SENTENCE)
     assert out.refused and out.layer == "model"
+    for nothing in ("", "  ", "..."):  # an answer that was only a stock opening (candor.generation.tidy)
+        out = judge(nothing, enforce_grounding=False)
+        assert out.refused and out.layer == "model", nothing
 
 
 def test_threshold_layer_only_when_configured():
