@@ -173,12 +173,8 @@ class LeadIn:
             key = self._key(self._held)
             done = next((f for f in _LEAD_INS if key.startswith(f)), None)
             if done is not None:
-                # cut after the colon that ends the opening (the same count of colons in the raw text)
-                colons = done.count(":")
-                at = -1
-                for _ in range(colons):
-                    at = self._held.index(":", at + 1)
-                self._held = self._held[at + 1 :]
+                # every opening ends at its only colon: cut after the first colon of the raw text
+                self._held = self._held[self._held.index(":") + 1 :]
                 self._state = "dropping-space"
             elif not key.strip() or any(f.startswith(key) for f in _LEAD_INS):
                 return ""  # may still become an opening
