@@ -90,6 +90,14 @@ def reader_card_text(meta: dict, summary: dict, data: dict, reports: list[tuple[
         f" ({summary.get('epoch')} epochs), learning rate {cfg.get('learning_rate')} with linear warm-up and"
         f" decay, windows of {cfg.get('max_length')} tokens (stride {cfg.get('doc_stride')}), word embeddings"
         f" frozen, float32, encoder seeded from `{cfg.get('init_from')}`;",
+        *(
+            [
+                f"- this invocation resumed from `{summary['resumed_from']}`; a run given more epochs than it"
+                " first had goes on along the longer schedule from there;"
+            ]
+            if summary.get("resumed_from")
+            else []
+        ),
         f"- {summary.get('features_per_s')} windows/s on one CPU core ({summary.get('torch_threads')} thread),"
         f" peak memory {summary.get('peak_rss_gb')} GB (RSS); final training loss {summary.get('train_loss')}.",
         "",

@@ -293,6 +293,8 @@ def test_ship_reader_copies_the_folder_with_a_card_from_measured_numbers(tmp_pat
     meta = ReaderMeta.read(dest)
     card = (dest / "README.md").read_text()
     assert f"AUROC {meta.validation['auroc']}" in card and "retrieval_miss" in card and "Trainer" in card
+    shipped = json.loads((dest / "training.json").read_text())
+    assert ("this invocation resumed from" in card) is bool(shipped.get("resumed_from"))  # a resumed run says so
     assert AnswerabilityReader(dest, Settings().resolved_embed_model_path).threshold == meta.threshold
     assert main(["finetune", "ship-reader", str(tmp_path / "nope"), "--dest", str(dest)]) == 2
     assert "train the reader" in capsys.readouterr().err
