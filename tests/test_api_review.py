@@ -37,9 +37,7 @@ def _refusal(h) -> str:
 
 
 def _flag(h, answer_id: str, verdict: str = "wrong_refusal", **extra) -> dict:
-    resp = h.client.post(
-        f"/v1/answers/{answer_id}/feedback", json={"verdict": verdict, **extra}, headers=h.headers()
-    )
+    resp = h.client.post(f"/v1/answers/{answer_id}/feedback", json={"verdict": verdict, **extra}, headers=h.headers())
     assert resp.status_code == 201, resp.text
     return resp.json()
 
