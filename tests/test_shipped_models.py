@@ -60,4 +60,4 @@ def test_the_demo_questions_take_the_layers_the_readme_names(
             assert body["model"]["adapter"] == "refusal"
             if layer is None:
                 assert "256" in body["answer"] and body["citations"], body
-                assert body["evidence"]["text"] == "256" and body["evidence"]["score"] > 0.5, body["evidence"]
+                assert "256" in body["evidence"]["text"] and body["evidence"]["score"] > 0.5, body["evidence"]
