@@ -34,9 +34,15 @@ MIN_WORDS = 2  # shorter sentences ("Yes.", "1.") are not compared
 _MARKER = re.compile(r"\s*(?:\d{1,2}[.)]|\[\d+\])\s*")  # a list number: it opens the next sentence
 
 
-def _is_marker(fragment: str) -> bool:
-    """Markup or a list number alone ("##", "3.", "[2]"): part of the sentence after it, not one of its own."""
-    return not re.search(r"[^\W_]", fragment) or bool(_MARKER.fullmatch(fragment))
+def _is_marker(text: str, start: int, end: int) -> bool:
+    """Markup or a list number alone ("##", "3.", "[2]"): part of the sentence after it, not one of its own.
+
+    A number right after a clause that ends in a colon is that clause's answer ("The answer is: 12."), not a
+    list number: joined to the next sentence it would hide a repeat of the clause."""
+    fragment = text[start:end]
+    if not re.search(r"[^\W_]", fragment):
+        return True
+    return bool(_MARKER.fullmatch(fragment)) and not text[:start].rstrip().endswith(":")
 
 
 def sentence_key(sentence: str) -> str:
@@ -50,7 +56,7 @@ def split_sentences(text: str) -> list[tuple[int, str]]:
     """(start offset, sentence) for each non-empty sentence of ``text``."""
     out, start = [], 0
     for m in _BOUNDARY.finditer(text):
-        if _is_marker(text[start : m.start()]):
+        if _is_marker(text, start, m.start()):
             continue  # "3." or "##" opens the next sentence: a list number is not a sentence of its own
         out.append((start, text[start : m.start()]))
         start = m.end()
@@ -106,7 +112,7 @@ class RepeatGuard:
             return ""
         self.text += piece
         for m in _BOUNDARY.finditer(self.text, self._start):
-            if _is_marker(self.text[self._start : m.start()]):
+            if _is_marker(self.text, self._start, m.start()):
                 continue  # as in split_sentences
             key = sentence_key(self.text[self._start : m.start()])
             if len(key.split()) >= self.min_words:

@@ -279,7 +279,13 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "chroma_url", "database_url", "llm_adapter", "api_key", "data_source", "verifier_path", "reader_path",
+        "chroma_url",
+        "database_url",
+        "llm_adapter",
+        "api_key",
+        "data_source",
+        "verifier_path",
+        "reader_path",
         mode="before",
     )
     @classmethod

@@ -30,6 +30,7 @@ from candor.prompts import (
     PromptTooLong,
     evidence_text,
     fit_messages,
+    normalize_text,
 )
 from candor.reader import Evidence, PassageReader
 from candor.refusal_score import refusal_confidence
@@ -111,6 +112,11 @@ def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
     """A follow-up alone often lacks its subject: prepend the last user turns."""
     earlier = [t["content"] for t in history if t.get("role") == "user"][-2:]
     return " ".join([*earlier, question]).strip()
+
+
+def _has_word(text: str) -> bool:
+    """Whether relayed text holds a word: text without one is no answer (``candor.prompts.gives_no_answer``)."""
+    return bool(normalize_text(text))
 
 
 def _citation(chunk: RetrievedChunk, snippet_chars: int = 300) -> dict[str, Any]:
@@ -504,7 +510,7 @@ class AnswerEngine:
                         pieces.append(ev)
                         out = lead.feed(guard.feed(ev))
                         if out and not hold:
-                            relayed = True
+                            relayed = relayed or _has_word(out)
                             yield {"event": "token", "text": out}
                         if guard.stopped and not drain:
                             break  # aclosing closes the HTTP stream: the server stops generating
@@ -517,12 +523,13 @@ class AnswerEngine:
         tail = "" if guard.stopped else lead.feed(guard.finish())
         tail += lead.finish()
         if tail and not hold:
-            relayed = True
+            relayed = relayed or _has_word(tail)
             yield {"event": "token", "text": tail}
         text = strip_lead_in(guard.relayed).rstrip() if guard.stopped else tidy(raw)
         first_top = final.first_token_top if final is not None else None
         result = self._judge(prep, text, first_top, (time.perf_counter() - t0) * 1000)
         await self._log(prep, result, raw)
-        if hold or not relayed:  # held, or nothing was left to relay (an answer that was only an opening)
+        # held, or no word was relayed (an answer that was only an opening, or punctuation): the final text
+        if hold or not relayed:
             yield {"event": "token", "text": result.answer}
         yield {"event": "done", "result": result}

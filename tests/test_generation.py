@@ -164,6 +164,9 @@ def test_a_stock_opening_is_dropped_on_a_stream_as_on_a_finished_text(step: int)
 
 def test_tidy_cuts_the_repeat_then_the_opening_and_an_opening_alone_gives_no_answer() -> None:
     assert tidy("The answer is: 256. The answer is: 512.") == "256."
+    # a short number after the opening is the answer, not a list number opening the next sentence
+    assert tidy("The answer is: 12. The answer is: 12.") == "12."
+    assert tidy("The answer is: 3.\nThe answer is: 3.") == "3."
     loop = "The answer to this question is: The answer to this question is: The answer to this"
     assert tidy(loop) == "" and gives_no_answer(tidy(loop))
     assert clip("The answer is: Paris.\n\nThe answer is: Paris.", ["\n\n"]) == "Paris."

@@ -17,7 +17,7 @@ from candor.prompts import ContextChunk
 from candor.retrain.served import FixedPassages, MemoryLog
 from candor.service.answering import AnswerEngine, AnswerRequest
 from candor.service.chat_template import PromptRenderer
-from candor.service.llm_client import LLMClient
+from candor.service.llm_client import LLMClient, ServerInfo
 from candor.settings import load_settings
 
 LOOP = json.loads((Path(__file__).parent / "fixtures" / "handbook_loop.json").read_text(encoding="utf-8"))
@@ -75,3 +75,42 @@ def test_the_answer_core_cuts_the_loop_and_the_opening_the_shipped_adapter_made(
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class _ScriptedModel:
+    """The model side of a unit test of the stream's handling: each request streams the scripted pieces."""
+
+    adapter_id = None
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    async def info(self) -> ServerInfo:
+        return ServerInfo("scripted", max_input_tokens=1024, max_total_tokens=2048)
+
+    async def stream(self, **_):
+        for piece in self.pieces:
+            yield piece
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [["   "], ["..."], ["The answer is:", " ..."], ["The ans", "wer to this question is:"]],
+)
+def test_a_stream_that_relays_no_word_ends_with_the_refusal_sentence(pieces, base_model_dir: Path) -> None:
+    """Whitespace, punctuation or an opening alone is no answer: the client's tokens end with the refusal."""
+    settings = load_settings(grounding_enforce=False, prompt_evidence="none")
+    passages = FixedPassages()
+    collection = passages.add("c", [ContextChunk("Candor splits documents into chunks of 256 tokens.", "Chunks")])
+    engine = AnswerEngine(
+        settings, passages, _ScriptedModel(pieces), PromptRenderer(base_model_dir), MemoryLog(), layers=MEASURE_ONLY
+    )
+
+    async def scenario():
+        return [ev async for ev in engine.stream(AnswerRequest("How large are chunks?", collection, top_k=1))]
+
+    events = asyncio.run(scenario())
+    done = events[-1]["result"]
+    assert done.refused and done.refusal_layer == "model"
+    streamed = "".join(ev["text"] for ev in events if ev["event"] == "token")
+    assert streamed.strip().endswith(done.answer), streamed
