@@ -11,9 +11,10 @@ repeat (its text so far is the beginning of an earlier sentence) is held back un
 diverges (then it is relayed) or completes as a repeat (then the stream stops).
 
 ``LeadIn`` drops a stock opening ("The answer is:", "The answer to this question is:", "Answer:"): the
-135M base model opens ~40% of its answers with one and fine-tuning kept the habit (it comes back
-through the distillation term), which leaves the answer itself unchanged but buries it (EM 5% with the
-opening, 30% without, on 300 dev questions). Only openings that end in a colon are dropped, so "The
+135M base model opens ~40% of its answers with one and fine-tuning kept the habit (probably through
+the distillation term's pull toward the base's first token), which leaves the answer itself unchanged
+but buries it (300 oracle dev questions, step-200 evidence adapter, rescored: EM on answerable 5.2%
+with the opening, 22.6% without). Only openings that end in a colon are dropped, so "The
 answer is not in the passages" stays whole. ``tidy`` applies both to a finished text; the stream
 applies the same two in the same order. Pure Python.
 """
@@ -177,25 +178,21 @@ class LeadIn:
         self._held += piece
         if self._state == "deciding":
             key = self._key(self._held)
-            done = next((f for f in _LEAD_INS if key.startswith(f)), None)
-            if done is not None:
-                # every opening ends at its only colon: cut after the first colon of the raw text
-                self._held = self._held[self._held.index(":") + 1 :]
-                self._state = "dropping-space"
-            elif not key.strip() or any(f.startswith(key) for f in _LEAD_INS):
-                return ""  # may still become an opening
-            else:
+            if not any(key.startswith(f) for f in _LEAD_INS):
+                if not key.strip() or any(f.startswith(key) for f in _LEAD_INS):
+                    return ""  # may still become an opening
                 self._state = "relaying"
                 out, self._held = self._held, ""
                 return out
-        if self._state == "dropping-space":
-            self._held = self._held.lstrip()
-            if not self._held:
-                return ""
-            self._state = "relaying"
-            out, self._held = self._held, ""
-            return out
-        return ""
+            # every opening ends at its only colon: cut after the first colon of the raw text
+            self._held = self._held[self._held.index(":") + 1 :]
+            self._state = "dropping-space"
+        self._held = self._held.lstrip()  # dropping the spaces after the opening
+        if not self._held:
+            return ""
+        self._state = "relaying"
+        out, self._held = self._held, ""
+        return out
 
     def finish(self) -> str:
         """What is still held: an unfinished opening is relayed as it is (it was not one)."""

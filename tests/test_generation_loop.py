@@ -13,6 +13,7 @@ from fixtures.core import REPO_ROOT, SQUAD_DIR
 
 from candor.decision import MEASURE_ONLY
 from candor.generation import repeats_a_sentence
+from candor.jsonl import read_jsonl
 from candor.prompts import ContextChunk
 from candor.retrain.served import FixedPassages, MemoryLog
 from candor.service.answering import AnswerEngine, AnswerRequest
@@ -41,8 +42,8 @@ def test_the_answer_core_cuts_the_loop_and_the_opening_the_shipped_adapter_made(
     request = AnswerRequest(LOOP["question"], collection, top_k=len(LOOP["chunks"]))
 
     # a dev question (Normans) the shipped adapter opens with "The answer is:" (reports/eval-oracle-dev300-trainer)
-    question = next(q for q in _jsonl(SQUAD_DIR / "dev.questions.jsonl") if q["id"] == "56de1563cffd8e1900b4b5c2")
-    paragraph = next(p for p in _jsonl(SQUAD_DIR / "dev.paragraphs.jsonl") if p["doc_id"] == question["doc_id"])
+    question = next(q for q in read_jsonl(SQUAD_DIR / "dev.questions.jsonl") if q["id"] == "56de1563cffd8e1900b4b5c2")
+    paragraph = next(p for p in read_jsonl(SQUAD_DIR / "dev.paragraphs.jsonl") if p["doc_id"] == question["doc_id"])
     normans = passages.add("normans", [ContextChunk(paragraph["text"], paragraph["title"])])
     opening = AnswerRequest(question["question"], normans, top_k=1)
 
@@ -71,10 +72,6 @@ def test_the_answer_core_cuts_the_loop_and_the_opening_the_shipped_adapter_made(
     assert not opened.refused and opened.answer.startswith("1185"), opened.answer  # ... dropped from the answer
     streamed = "".join(ev["text"] for ev in opened_events if ev["event"] == "token")
     assert streamed.strip() == opened_events[-1]["result"].answer == opened.answer
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class _ScriptedModel:
