@@ -259,6 +259,55 @@ class GenerationParams:
         return ", ".join(parts)
 
 
+class StopHold:
+    """Streamed text released only once it cannot be part of a stop sequence.
+
+    TGI streams the tokens that make up a stop sequence before its final event (whose text keeps the
+    sequence; the client cuts it there). A stream relays each piece through ``feed``: text that ends in
+    the beginning of a stop sequence ("\nQues" of "\nQuestion:") is held until it diverges, and
+    nothing from a matched sequence on is released. ``finish`` gives the rest of the final, cut text.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(s for s in stops if s)
+        self.text = ""
+        self.sent = 0
+        self.matched = False
+
+    def feed(self, piece: str) -> str:
+        if self.matched:
+            return ""
+        self.text += piece
+        safe = len(self.text)
+        for s in self.stops:
+            at = self.text.find(s, max(0, self.sent - len(s) + 1))
+            if at != -1:
+                self.matched = True
+                safe = min(safe, at)
+        if not self.matched:
+            safe -= self._open_prefix()
+        out = self.text[self.sent : max(safe, self.sent)]
+        self.sent = max(safe, self.sent)
+        return out
+
+    def _open_prefix(self) -> int:
+        """The length of the longest end of the text that begins a stop sequence (0: none)."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def finish(self, final_text: str) -> str:
+        """What is left to relay of the finished (already cut) text; nothing if the stream went past it."""
+        done = self.text[: self.sent]
+        out = final_text[len(done) :] if final_text.startswith(done) else ""
+        self.sent, self.matched = len(self.text), True
+        return out
+
+
 def clip(text: str, stops: Sequence[str] = ()) -> str:
     """Stop sequences, the repeat guard and the opening, as the answer core applies them to a finished text."""
     for s in stops:

@@ -107,8 +107,11 @@ class Settings(BaseSettings):
         None, ge=-2, le=2, description="TGI frequency_penalty (unset or 0: off); it also counts prompt tokens."
     )
     stop_sequences: list[str] = Field(
-        default_factory=lambda: ["\n\n"],
-        description="TGI stop sequences, JSON in the environment: '[\"\\n\\n\"]' (the default), '[]' for none.",
+        default_factory=lambda: ["\n\n", "\nQuestion:"],
+        description=(
+            'TGI stop sequences, JSON in the environment: \'["\\n\\n", "\\nQuestion:"]\' (the default: a blank'
+            " line, or the model starting a new question of its own), '[]' for none."
+        ),
     )
     prompt_evidence: Literal["none", "sentence", "span"] = Field(
         "none",

@@ -56,6 +56,8 @@ class LossSpec:
     A batch flags some rows (``flag``: an answerable example; in the retraining loop, a base row). The KL
     covers the flagged rows' answer tokens (``kl_rows="flagged"``) or every row's (``"all"``); a flagged
     row's CE is scaled by ``flagged_ce_weight`` (the loop's ``base_ce_weight``; 1 elsewhere).
+    ``kl_skip_first`` leaves each row's first N answer tokens out of the KL: the base teacher opens most
+    answers with "The answer is:", and a KL there pulls the student's opening back to it.
     """
 
     first_token_weight: float = 1.0
@@ -63,10 +65,22 @@ class LossSpec:
     tau: float = 0.5
     kl_rows: str = "flagged"
     flagged_ce_weight: float = 1.0
+    kl_skip_first: int = 0  # answer tokens at the start of each row left out of the KL (its opening's format)
 
     def __post_init__(self) -> None:
         if self.kl_rows not in ("flagged", "all"):
             raise ValueError("kl_rows must be 'flagged' or 'all'")
+        if self.kl_skip_first < 0:
+            raise ValueError("kl_skip_first must be 0 or more")
+
+
+def answer_token_index(first):
+    """Each loss position's index within its row's answer (0 at the row's first), from the ``first`` mask."""
+    import torch
+
+    idx = torch.arange(first.numel(), device=first.device)
+    start = torch.cummax(torch.where(first, idx, torch.zeros_like(idx)), dim=0).values
+    return idx - start
 
 
 def distillation_loss(model, batch: dict, spec: LossSpec, teacher=None):
@@ -95,6 +109,8 @@ def distillation_loss(model, batch: dict, spec: LossSpec, teacher=None):
     loss = ce_loss
     if spec.distill_lambda > 0 and teacher is not None:
         sel = on_flag if spec.kl_rows == "flagged" else torch.ones_like(on_flag)
+        if spec.kl_skip_first:
+            sel = sel & (answer_token_index(first) >= spec.kl_skip_first)
         if bool(sel.any()):
             with torch.no_grad(), teacher():
                 t_logits = head_logits(model, ids, mask, pos[sel])

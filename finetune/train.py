@@ -88,6 +88,7 @@ class TrainConfig:
     distill_lambda: float = 0.0  # 0 = plain SFT
     distill_tau: float = 0.5
     kl_tokens: str = "answerable"  # answerable | all
+    kl_skip_first: int = 0  # each answer's first N tokens carry no KL (the teacher's "The answer is:" opening)
     teacher: str = "base"  # base (adapter disabled) | snapshot (adapter after snapshot_steps)
     snapshot_steps: int = 20
     limit_examples: int = 0  # 0 = all (tests use a handful)
@@ -102,6 +103,8 @@ class TrainConfig:
             raise InvalidInputError("compute_dtype must be 'auto', 'bfloat16' or 'float32'")
         if self.kl_tokens not in ("answerable", "all"):
             raise InvalidInputError("kl_tokens must be 'answerable' or 'all'")
+        if self.kl_skip_first < 0:
+            raise InvalidInputError("kl_skip_first must be 0 or more")
         if self.teacher not in ("base", "snapshot"):
             raise InvalidInputError("teacher must be 'base' or 'snapshot'")
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
@@ -232,6 +235,7 @@ def loss_spec(cfg: TrainConfig, flagged_ce_weight: float = 1.0, kl_rows: str | N
         tau=cfg.distill_tau,
         kl_rows=kl_rows or ("flagged" if cfg.kl_tokens == "answerable" else "all"),
         flagged_ce_weight=flagged_ce_weight,
+        kl_skip_first=cfg.kl_skip_first,
     )
 
 

@@ -426,7 +426,8 @@ def _add_openai_routes(app: FastAPI, server: _Server) -> None:
                     # The final token may complete a stop sequence: release up to it, no further.
                     piece = trimmer.finish(oai.cut_at_stop(finish.generated_text, finish.stop_sequence))
                     reason = oai.finish_reason(finish.finish_reason)
-                    yield _sse(make(job, chunk_id, created, FINGERPRINT, piece, event, reason), space=True)
+                    last_chunk = make(job, chunk_id, created, FINGERPRINT, piece, event, reason, finish.stop_sequence)
+                    yield _sse(last_chunk, space=True)
                     if include_usage:
                         last = make(job, chunk_id, created, FINGERPRINT, "", None, None)
                         last["choices"] = []

@@ -261,6 +261,7 @@ def chat_completion(job: OpenAIJob, events: list[Any], finish: Any, fingerprint:
                 "message": {"role": "assistant", "content": cut_at_stop(finish.generated_text, finish.stop_sequence)},
                 "logprobs": logprobs,
                 "finish_reason": finish_reason(finish.finish_reason),
+                "stop_reason": finish.stop_sequence,
             }
         ],
         "usage": usage(finish.input_length, finish.generated_tokens),
@@ -275,6 +276,7 @@ def chat_chunk(
     content: str | None,
     event: Any | None,
     reason: str | None,
+    stop_reason: str | None = None,
 ) -> dict[str, Any]:
     delta: dict[str, Any] = {"role": "assistant", "content": content or ""}
     logprobs = {"content": [chat_logprob(event)]} if (job.want_logprobs and event is not None) else None
@@ -284,7 +286,10 @@ def chat_chunk(
         "created": created,
         "model": job.model_name,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
+        # stop_reason: the stop string that ended the stream, as vLLM sends it (None: end of turn or length)
+        "choices": [
+            {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop_reason}
+        ],
         "usage": None,
     }
 

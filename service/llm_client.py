@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from candor.errors import CandorError, InvalidInputError, UnavailableError
-from candor.generation import GenerationParams
+from candor.generation import GenerationParams, StopHold
 from candor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -398,17 +398,21 @@ class LLMClient:
 
     async def _tgi_stream_events(self, client: Any, events: Any, r: _Request) -> AsyncIterator[Any]:
         top: list[tuple[str, float]] | None = None
+        held = StopHold(r.stop)  # TGI streams a stop sequence's tokens: relay none of them
         try:
             async for ev in events:
                 if top is None:
                     top = _top_list(getattr(ev, "top_tokens", None))
-                if not ev.token.special:
-                    yield ev.token.text
+                if not ev.token.special and (piece := held.feed(ev.token.text)):
+                    yield piece
                 if ev.generated_text is not None:
                     details = ev.details
                     reason = str(details.finish_reason) if details else "length"
+                    text = _cut_stop(ev.generated_text, r.stop, reason)
+                    if rest := held.finish(text):
+                        yield rest
                     yield Generation(
-                        text=_cut_stop(ev.generated_text, r.stop, reason),
+                        text=text,
                         finish_reason=reason,
                         generated_tokens=int(details.generated_tokens) if details else ev.index + 1,
                         first_token_top=top or [],

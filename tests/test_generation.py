@@ -109,11 +109,38 @@ def test_generation_params_from_settings_and_in_tgi_words() -> None:
     assert p == GenerationParams(max_new_tokens=48, repetition_penalty=1.2, frequency_penalty=0.0, stop=("\n\n",))
     assert p.tgi() == {"max_new_tokens": 48, "stop": ["\n\n"], "repetition_penalty": 1.2}
     assert GenerationParams.from_settings(s, 32).max_new_tokens == 32
-    assert load_settings().stop_sequences == ["\n\n"]  # the measured default (reports/generation-hygiene.md)
+    # the measured default (reports/generation-hygiene.md): a blank line, or a question the model starts itself
+    assert load_settings().stop_sequences == ["\n\n", "\nQuestion:"]
     assert load_settings().repetition_penalty is None and load_settings().frequency_penalty is None
     assert GenerationParams().tgi() == {"max_new_tokens": 64, "stop": None}
     assert p.cut_stop("Paris.\n\nQuestion: x") == "Paris."
     assert clip("Paris.\n\nParis.", ["\n\n"]) == "Paris."
+
+
+def _held(stops, pieces, final):
+    from candor.generation import StopHold
+
+    hold = StopHold(stops)
+    out = [hold.feed(p) for p in pieces]
+    return out, hold.finish(final)
+
+
+def test_stop_hold_relays_nothing_of_a_stop_sequence() -> None:
+    stops = ["\n\n", "\nQuestion:"]
+    out, rest = _held(stops, ["Robert", " Boyle", "\n", "Question", ":", " Who"], "Robert Boyle")
+    assert "".join(out) == "Robert Boyle" and rest == ""
+    assert out[2] == out[3] == ""  # "\n" and "\nQuestion" may begin a stop sequence: held
+    # a held beginning that diverges is released as it diverges
+    out, rest = _held(stops, ["Paris", "\n", "Questions", " remain."], "Paris\nQuestions remain.")
+    assert out == ["Paris", "", "\nQuestions", " remain."] and rest == ""
+    # the stream ends on a held beginning: the final text releases it
+    out, rest = _held(stops, ["Paris", "\n"], "Paris\n")
+    assert "".join(out) == "Paris" and rest == "\n"
+    # a sequence inside one piece; no stops at all
+    out, rest = _held(stops, ["Lumen.\n\nQuestion: x"], "Lumen.")
+    assert out == ["Lumen."] and rest == ""
+    out, rest = _held([], ["a", "\n", "b"], "a\nb")
+    assert out == ["a", "\n", "b"] and rest == ""
 
 
 def test_settings_reject_bad_generation_values() -> None:

@@ -36,7 +36,7 @@ def test_settings_travel_to_dvc_stages_as_absolute_env(settings, monkeypatch) ->
         monkeypatch.setenv(key, value)
     again = load_settings()
     assert again.data_dir == settings.data_dir.resolve() and again.max_new_tokens == settings.max_new_tokens
-    assert again.stop_sequences == settings.stop_sequences == ["\n\n"]  # a list travels as JSON
+    assert again.stop_sequences == settings.stop_sequences == ["\n\n", "\nQuestion:"]  # a list travels as JSON
 
 
 def test_workspace_merges_the_small_profile(tmp_path) -> None:

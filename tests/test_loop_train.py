@@ -60,6 +60,50 @@ def test_zero_base_weight_leaves_base_rows_only_the_kl(tiny_peft) -> None:
     assert parts["ce"] > 0 and parts["kl"] == 0.0 and float(only_feedback) == pytest.approx(parts["ce"], rel=1e-5)
 
 
+def test_answer_token_index_restarts_on_each_row() -> None:
+    import torch
+
+    from candor.finetune.distill import answer_token_index
+
+    first = torch.tensor([True, False, False, True, False, True])
+    assert answer_token_index(first).tolist() == [0, 1, 2, 0, 1, 0]
+
+
+def test_kl_skip_first_leaves_the_opening_tokens_out_of_the_kl(tiny_peft) -> None:
+    """The KL over tokens 1.. of each answer equals the mean of the per-token KLs there, not over all."""
+    import torch
+
+    from candor.finetune.distill import LossSpec, distillation_loss, head_logits, token_kl
+
+    batch = _batch([True, True])
+    full = LossSpec(distill_lambda=1.0)
+    skip = LossSpec(distill_lambda=1.0, kl_skip_first=1)
+    _, p_full = distillation_loss(tiny_peft, batch, full, tiny_peft.disable_adapter)
+    _, p_skip = distillation_loss(tiny_peft, batch, skip, tiny_peft.disable_adapter)
+    target = batch["labels"][:, 1:]
+    pos = (target != -100).nonzero()
+    with torch.no_grad():
+        s = head_logits(tiny_peft, batch["input_ids"], batch["attention_mask"], pos)
+        with tiny_peft.disable_adapter():
+            t = head_logits(tiny_peft, batch["input_ids"], batch["attention_mask"], pos)
+    per = token_kl(s, t, full.tau)
+    later = pos[:, 1] > pos[:, 1].min()  # every row's answer starts at the same position here
+    assert p_full["kl"] == pytest.approx(float(per.mean()), rel=1e-4)
+    assert p_skip["kl"] == pytest.approx(float(per[later].mean()), rel=1e-4)
+    assert p_skip["kl"] != pytest.approx(p_full["kl"], rel=1e-3)
+    with pytest.raises(ValueError):
+        LossSpec(kl_skip_first=-1)
+
+
+def test_train_config_carries_kl_skip_first_into_the_loss() -> None:
+    from candor.errors import InvalidInputError
+    from candor.finetune.train import loss_spec
+
+    assert loss_spec(TrainConfig(distill_lambda=1.0, kl_skip_first=2)).kl_skip_first == 2
+    with pytest.raises(InvalidInputError):
+        TrainConfig(kl_skip_first=-1)
+
+
 @pytest.mark.slow
 def test_the_loop_stage_trains_through_the_trainer(ft_base_model, tmp_path, settings) -> None:
     """``train_from`` on the real base: a fresh LoRA, base rows anchored, no checkpoints; its summary keys."""

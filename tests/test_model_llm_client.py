@@ -61,9 +61,12 @@ def test_generate_and_stream_on_both_backends(model_server, backend: str) -> Non
         pieces, final = await collect(client.stream(prompt=PROMPT))
         chat_pieces, chat_final = await collect(client.stream(messages=MESSAGES))
         stopped = await client.generate(prompt=PROMPT, stop=[" Paris"])
-        return from_prompt, from_messages, (pieces, final), (chat_pieces, chat_final), stopped
+        stopped_stream = await collect(client.stream(prompt=PROMPT, stop=[" Paris"]))
+        return from_prompt, from_messages, (pieces, final), (chat_pieces, chat_final), stopped, stopped_stream
 
-    from_prompt, from_messages, (pieces, final), (chat_pieces, chat_final), stopped = asyncio.run(scenario())
+    from_prompt, from_messages, (pieces, final), (chat_pieces, chat_final), stopped, stopped_stream = asyncio.run(
+        scenario()
+    )
     for gen in (from_prompt, from_messages, final, chat_final):
         assert gen.text == ANSWER
         assert gen.finish_reason == "eos_token"
@@ -75,6 +78,10 @@ def test_generate_and_stream_on_both_backends(model_server, backend: str) -> Non
         assert all(lp <= 0 for _, lp in gen.first_token_top)
     assert "".join(pieces) == ANSWER and "".join(chat_pieces) == ANSWER
     assert stopped.text == "The capital of France is" and stopped.finish_reason == "stop_sequence"
+    # streamed, no piece of the stop sequence reaches the caller: the pieces are the final, cut text
+    stop_pieces, stop_final = stopped_stream
+    assert stop_final.text == "The capital of France is" and stop_final.finish_reason == "stop_sequence"
+    assert "".join(stop_pieces) == stop_final.text
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ Real HTTP, real model, a real subprocess: the calls a user would make to TGI.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -105,6 +106,13 @@ def test_chat_stop_is_cut_as_openai_does(model_server) -> None:
     assert out.choices[0].message.content == "The capital of France is"
     chunks = list(client.chat_completion(MESSAGES, max_tokens=20, temperature=0, stop=[" Paris"], stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "The capital of France is"
+    # which stop string ended it, as vLLM says (the LLM client's finish reason reads it), streamed or not
+    body = {"messages": MESSAGES, "max_tokens": 20, "temperature": 0, "stop": [" Paris"]}
+    whole = httpx.post(model_server.url + "/v1/chat/completions", json=body, timeout=60).json()
+    assert whole["choices"][0]["stop_reason"] == " Paris"
+    sse = httpx.post(model_server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60).text
+    events = [json.loads(line[5:]) for line in sse.splitlines() if line.startswith("data:") and "[DONE]" not in line]
+    assert events[-1]["choices"][0]["stop_reason"] == " Paris" and events[0]["choices"][0]["stop_reason"] is None
 
 
 def test_openai_completions_route(model_server) -> None:
