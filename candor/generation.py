@@ -156,11 +156,28 @@ _LEAD_INS = tuple(
 )
 
 
+# the same openings with the question restated inside them: 'The answer to the question "What is X?" is:',
+# "The answer to the question of which servers ... is:" (no colon or line break in the restatement)
+_RESTATED = re.compile(r"the answer to (?:this|the|your|that) question [^:\n]{1,200}? is:")
+_MAY_RESTATE = re.compile(r"the answer to (?:this|the|your|that) question (?:[^:\n]{0,203})")
+
+
+def _is_opening(key: str) -> bool:
+    return any(key.startswith(f) for f in _LEAD_INS) or _RESTATED.match(key) is not None
+
+
+def _may_open(key: str) -> bool:
+    """Whether more text could still make ``key`` an opening."""
+    return not key.strip() or any(f.startswith(key) for f in _LEAD_INS) or _MAY_RESTATE.fullmatch(key) is not None
+
+
 class LeadIn:
     """Drops a stock opening that ends in a colon ("The answer is: 1598" relays "1598"), on a stream.
 
     Text is held while it may still be such an opening (compared case-blind, spaces collapsed); once it
     is one, the opening and the spaces after it are dropped; once it cannot be, everything is relayed.
+    An opening that restates the question ('The answer to the question "Who?" is:') is held for at most
+    its length, about 230 characters.
     """
 
     def __init__(self) -> None:
@@ -178,8 +195,8 @@ class LeadIn:
         self._held += piece
         if self._state == "deciding":
             key = self._key(self._held)
-            if not any(key.startswith(f) for f in _LEAD_INS):
-                if not key.strip() or any(f.startswith(key) for f in _LEAD_INS):
+            if not _is_opening(key):
+                if _may_open(key):
                     return ""  # may still become an opening
                 self._state = "relaying"
                 out, self._held = self._held, ""

@@ -167,6 +167,14 @@ OPENINGS = {
     "The answer to this question is: I don't know based on the provided documents.": (
         "I don't know based on the provided documents."
     ),
+    # the question restated inside the opening (handbook answers of the 400-step evidence adapter)
+    'The answer to the question "What is Candor\'s chat endpoint?" is: /v1/chat': "/v1/chat",
+    'The answer to the question "What is Candor\'s chat endpoint?" is:': "",
+    "The answer to the question of which servers can serve the model on a GPU is: TGI or vLLM": "TGI or vLLM",
+    'The answer to the question "What do flagged answers become?" is a question.': (
+        'The answer to the question "What do flagged answers become?" is a question.'
+    ),
+    "The answer to the question is not available.": "The answer to the question is not available.",
     "The answer is 2.": "The answer is 2.",  # no colon: kept whole
     "The answer is not in the passages.": "The answer is not in the passages.",
     "The answer": "The answer",  # an unfinished opening is not one
