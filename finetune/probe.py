@@ -2,10 +2,13 @@
 
 The adapter should change *when* the model answers from passages, not what the
 base model knows or how it chats otherwise. Each probe is a question with
-accepted answer words; an answer counts when it contains one of them.
+accepted answer words; an answer counts when it contains one of them as a whole word or number
+("7 days" counts for seven; "17", "-18.00" and "Sunday" do not count for 7, 0 and sun).
 """
 
 from __future__ import annotations
+
+import re
 
 PROBE_SYSTEM = "You are a helpful assistant. Answer in a few words."
 
@@ -37,10 +40,15 @@ def probe_messages() -> list[list[dict[str, str]]]:
     return [[{"role": "system", "content": PROBE_SYSTEM}, {"role": "user", "content": q}] for q, _ in PROBES]
 
 
+def says(answer: str, word: str) -> bool:
+    """Whether ``word`` stands in ``answer`` on its own: not inside a longer word or number."""
+    return re.search(rf"(?<![\w.]){re.escape(word)}(?!\w|\.\d)", answer.lower()) is not None
+
+
 def score_probe(answers: list[str]) -> dict:
     rows = []
     for (q, accepted), a in zip(PROBES, answers, strict=True):
-        ok = any(w in a.lower() for w in accepted)
+        ok = any(says(a, w) for w in accepted)
         rows.append({"question": q, "answer": a, "correct": ok})
     return {"n": len(rows), "correct": sum(r["correct"] for r in rows), "answers": rows}
 

@@ -123,3 +123,20 @@ def test_refusal_confidence_from_the_verifier_replaces_the_first_token() -> None
     assert refusal_confidence(None, None, answerable_probability=0.25) == pytest.approx(0.75)  # before generation
     assert refusal_confidence(None, [0.1], answerable_probability=0.9) == pytest.approx(1.0)  # weak retrieval counts
     assert refusal_confidence(None, None, answerable_probability=1.7) == pytest.approx(0.0)  # clipped
+
+
+# --- the general-knowledge probe --------------------------------------------------------------
+
+
+def test_the_probe_counts_a_word_or_number_only_on_its_own() -> None:
+    from candor.finetune.probe import PROBES, says, score_probe
+
+    assert says("There are 7 continents.", "7") and says("A week has seven days", "seven")
+    assert says("The freezing point is 0.", "0") and says("(CO2)", "co2") and says("H2O.", "h2o")
+    assert not says("The freezing point of water in Celsius is -18.00 Celsius", "0")
+    assert not says("It has 17 of them", "7") and not says("The answer is 14.", "4")
+    assert not says("Sunday", "sun") and not says("about 3.7 days", "7")
+    answers = ["Paris"] * len(PROBES)
+    answers[11] = "The freezing point of water in Celsius is -18.00 Celsius"  # once counted as 0 degrees
+    scored = score_probe(answers)
+    assert scored["correct"] == 1 and scored["answers"][0]["correct"] and not scored["answers"][11]["correct"]
