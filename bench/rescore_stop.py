@@ -14,6 +14,7 @@ Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--stop", default="\nQuestion:", help="the extra stop sequence (escapes like \\n are read)")
     ap.add_argument("--out", type=Path, default=RESULTS / "rescore-stop-question.json")
     args = ap.parse_args()
-    stop = args.stop.encode().decode("unicode_escape")
+    stop = codecs.decode(args.stop, "unicode_escape") if args.stop.isascii() else args.stop
     results = []
     for report in args.reports:
         run = json.loads(report.read_text(encoding="utf-8"))

@@ -156,19 +156,37 @@ _LEAD_INS = tuple(
 )
 
 
-# the same openings with the question restated inside them: 'The answer to the question "What is X?" is:',
-# "The answer to the question of which servers ... is:" (no colon or line break in the restatement)
-_RESTATED = re.compile(r"the answer to (?:this|the|your|that) question [^:\n]{1,200}? is:")
-_MAY_RESTATE = re.compile(r"the answer to (?:this|the|your|that) question (?:[^:\n]{0,203})")
+# the same openings with the question restated inside them, quoted ('The answer to the question "What is X?"
+# is:') or as a clause ("The answer to the question of which servers ... is:"); matched on the raw text, so
+# a line break or a sentence's end in the clause means it is not an opening
+_ASKED = r"\s*the[ \t]+answer[ \t]+to[ \t]+(?:this|the|your|that)[ \t]+question[ \t]+"
+_QUOTES = (('"', '"'), ("\u201c", "\u201d"), ("'", "'"))
+_RESTATEMENTS = (
+    "|".join(rf"{a}[^{b}\n]{{1,200}}{b}" for a, b in _QUOTES) + r"|(?:of|whether|about)[ \t][^:.;!?\n]{1,200}?"
+)
+_RESTATED = re.compile(rf"{_ASKED}(?:{_RESTATEMENTS})[ \t]+is:", re.IGNORECASE)
+_MAY_RESTATE = re.compile(
+    _ASKED
+    + "(?:"
+    + "|".join(rf"{a}[^{b}\n]{{0,200}}(?:{b}[ \t]*(?:i|is)?)?" for a, b in _QUOTES)
+    + r"|o|wh?|whe|whet|wheth|whethe|ab?|abo|abou|(?:of|whether|about)(?:[ \t][^:.;!?\n]{0,203})?)",
+    re.IGNORECASE,
+)
 
 
-def _is_opening(key: str) -> bool:
-    return any(key.startswith(f) for f in _LEAD_INS) or _RESTATED.match(key) is not None
+def _opening_end(text: str) -> int | None:
+    """Where the opening ``text`` starts with ends (after its colon), or None when it does not start with one."""
+    key = LeadIn._key(text)
+    if any(key.startswith(f) for f in _LEAD_INS):
+        return text.index(":") + 1  # a stock opening ends at its only colon
+    m = _RESTATED.match(text)
+    return m.end() if m else None
 
 
-def _may_open(key: str) -> bool:
-    """Whether more text could still make ``key`` an opening."""
-    return not key.strip() or any(f.startswith(key) for f in _LEAD_INS) or _MAY_RESTATE.fullmatch(key) is not None
+def _may_open(text: str) -> bool:
+    """Whether more text could still make ``text`` an opening."""
+    key = LeadIn._key(text)
+    return not key.strip() or any(f.startswith(key) for f in _LEAD_INS) or _MAY_RESTATE.fullmatch(text) is not None
 
 
 class LeadIn:
@@ -194,15 +212,14 @@ class LeadIn:
             return piece
         self._held += piece
         if self._state == "deciding":
-            key = self._key(self._held)
-            if not _is_opening(key):
-                if _may_open(key):
+            end = _opening_end(self._held)
+            if end is None:
+                if _may_open(self._held):
                     return ""  # may still become an opening
                 self._state = "relaying"
                 out, self._held = self._held, ""
                 return out
-            # every opening ends at its only colon: cut after the first colon of the raw text
-            self._held = self._held[self._held.index(":") + 1 :]
+            self._held = self._held[end:]
             self._state = "dropping-space"
         self._held = self._held.lstrip()  # dropping the spaces after the opening
         if not self._held:
@@ -318,9 +335,16 @@ class StopHold:
         return best
 
     def finish(self, final_text: str) -> str:
-        """What is left to relay of the finished (already cut) text; nothing if the stream went past it."""
+        """What is left to relay once the stream ends: nothing after a matched stop sequence; else the rest
+        of the finished (already cut) text, or, where that differs from what streamed, the held rest of
+        the stream."""
         done = self.text[: self.sent]
-        out = final_text[len(done) :] if final_text.startswith(done) else ""
+        if self.matched:
+            out = ""
+        elif final_text.startswith(done):
+            out = final_text[len(done) :]
+        else:
+            out = self.text[self.sent :]
         self.sent, self.matched = len(self.text), True
         return out
 

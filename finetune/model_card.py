@@ -117,7 +117,9 @@ def card_text(name: str, summary: dict, stats: dict | None, ev: dict | None, eva
         f"- Loss: cross-entropy on assistant tokens (first answer token weighted {cfg.get('first_token_weight')})"
         + (
             f" + {cfg.get('distill_lambda')}·KL(teacher‖student) at τ={cfg.get('distill_tau')} on "
-            f"{cfg.get('kl_tokens')} examples' tokens, teacher = {cfg.get('teacher')}"
+            f"{cfg.get('kl_tokens')} examples' tokens"
+            + (f" from each answer's token {cfg.get('kl_skip_first') + 1} on" if cfg.get("kl_skip_first") else "")
+            + f", teacher = {cfg.get('teacher')}"
             if cfg.get("distill_lambda")
             else " (plain SFT, λ=0)"
         )

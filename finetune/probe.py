@@ -23,7 +23,7 @@ PROBES: list[tuple[str, tuple[str, ...]]] = [
     ("Who wrote Romeo and Juliet?", ("shakespeare",)),
     ("What is the largest ocean on Earth?", ("pacific",)),
     ("How many legs does a spider have?", ("eight", "8")),
-    ("What gas do plants absorb from the air?", ("carbon dioxide", "co2")),
+    ("What gas do plants absorb from the air?", ("carbon dioxide", "co2", "co₂")),
     ("What is the freezing point of water in Celsius?", ("0", "zero")),
     ("What language is mainly spoken in Brazil?", ("portuguese",)),
     ("Which animal is known as the king of the jungle?", ("lion",)),
@@ -42,7 +42,8 @@ def probe_messages() -> list[list[dict[str, str]]]:
 
 def says(answer: str, word: str) -> bool:
     """Whether ``word`` stands in ``answer`` on its own: not inside a longer word or number."""
-    return re.search(rf"(?<![\w.]){re.escape(word)}(?!\w|\.\d)", answer.lower()) is not None
+    # "4.0" is 4, "4.5" is not
+    return re.search(rf"(?<![\w.]){re.escape(word)}(?!\w|\.\d*[1-9])", answer.lower()) is not None
 
 
 def score_probe(answers: list[str]) -> dict:

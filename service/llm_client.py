@@ -349,7 +349,7 @@ class LLMClient:
         details = out.details
         top = _first_top(getattr(details, "top_tokens", None))
         return Generation(
-            text=_cut_stop(out.generated_text, r.stop, details.finish_reason),
+            text=_cut_stop(out.generated_text, r.stop),
             finish_reason=str(details.finish_reason),
             generated_tokens=int(details.generated_tokens),
             first_token_top=top,
@@ -376,7 +376,7 @@ class LLMClient:
         top = [(t.token, float(t.logprob)) for t in content[0].top_logprobs] if content else []
         text = choice.message.content or ""
         return Generation(
-            text=_cut_stop(text, r.stop, "stop_sequence"),
+            text=_cut_stop(text, r.stop),
             finish_reason=_from_openai_reason(choice.finish_reason, None),
             generated_tokens=int(out.usage.completion_tokens) if out.usage else len(content or []),
             first_token_top=top,
@@ -408,7 +408,7 @@ class LLMClient:
                 if ev.generated_text is not None:
                     details = ev.details
                     reason = str(details.finish_reason) if details else "length"
-                    text = _cut_stop(ev.generated_text, r.stop, reason)
+                    text = _cut_stop(ev.generated_text, r.stop)
                     if rest := held.finish(text):
                         yield rest
                     yield Generation(
@@ -491,7 +491,7 @@ class LLMClient:
         top = _openai_top(choice.get("logprobs") or {}, chat)
         reason = _from_openai_reason(choice.get("finish_reason"), choice.get("stop_reason"))
         return Generation(
-            text=_cut_stop(text, r.stop, reason),
+            text=_cut_stop(text, r.stop),
             finish_reason=reason,
             generated_tokens=int(use.get("completion_tokens") or 0),
             first_token_top=top,
@@ -546,7 +546,7 @@ class LLMClient:
                 raise LLMUnavailable(f"the stream from {self.url} ended without a finish reason")
             final_reason = _from_openai_reason(reason, stop_reason)
             yield Generation(
-                text=_cut_stop(text, r.stop, final_reason),
+                text=_cut_stop(text, r.stop),
                 finish_reason=final_reason,
                 generated_tokens=int(use.get("completion_tokens") or count),
                 first_token_top=top or [],
@@ -694,18 +694,17 @@ def _from_openai_reason(reason: str | None, stop_reason: Any) -> str:
     return "eos_token"
 
 
-def _cut_stop(text: str, stops: Sequence[str], finish_reason: str) -> str:
-    """Cut a matched stop sequence (and anything after it) off the end of the text.
+def _cut_stop(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop sequence in it, whatever the finish reason.
 
-    TGI keeps the stop sequence in generated_text; OpenAI engines drop it.
-    The service gets the same text from both.
+    TGI keeps the stop sequence in generated_text; OpenAI engines drop it. TGI also matches a stop only
+    at the end of the text after each token, so a token that runs past one ('":\n"' after "\nQuestion")
+    lets generation go on (finish reason ``length`` or ``eos_token``) with the sequence inside the text.
+    The service gets the same text from every engine: everything from the first stop sequence on is cut.
     """
-    if finish_reason != "stop_sequence" or not stops:
-        return text
-    tail_start = max(0, len(text) - max(len(s) for s in stops) * 2 - 8)
     cut = len(text)
     for s in stops:
-        at = text.find(s, tail_start)
+        at = text.find(s) if s else -1
         if at != -1:
             cut = min(cut, at)
     return text[:cut]

@@ -136,6 +136,7 @@ def test_the_probe_counts_a_word_or_number_only_on_its_own() -> None:
     assert not says("The freezing point of water in Celsius is -18.00 Celsius", "0")
     assert not says("It has 17 of them", "7") and not says("The answer is 14.", "4")
     assert not says("Sunday", "sun") and not says("about 3.7 days", "7")
+    assert says("It is 4.0.", "4") and says("7, of course", "7") and not says("4.5", "4") and not says("7th", "7")
     answers = ["Paris"] * len(PROBES)
     answers[11] = "The freezing point of water in Celsius is -18.00 Celsius"  # once counted as 0 degrees
     scored = score_probe(answers)

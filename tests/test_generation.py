@@ -141,6 +141,13 @@ def test_stop_hold_relays_nothing_of_a_stop_sequence() -> None:
     assert out == ["Lumen."] and rest == ""
     out, rest = _held([], ["a", "\n", "b"], "a\nb")
     assert out == ["a", "\n", "b"] and rest == ""
+    # TGI matches a stop only at the end of the text: a token past one lets generation go on, and the
+    # final text (cut by the client) is shorter than what streamed; nothing after the match is released
+    out, rest = _held(stops, ["Paris", "\n", "Question", ":\n", "Who", "?"], "Paris")
+    assert "".join(out) == "Paris" and rest == ""
+    # a final text that differs from the stream: the stream's held rest is released, not lost
+    out, rest = _held(stops, ["Paris", " ,", "\n"], "Paris,\n")
+    assert "".join(out) + rest == "Paris ,\n"
 
 
 def test_settings_reject_bad_generation_values() -> None:
@@ -175,6 +182,18 @@ OPENINGS = {
         'The answer to the question "What do flagged answers become?" is a question.'
     ),
     "The answer to the question is not available.": "The answer to the question is not available.",
+    "The answer to the question \u201cWho?\u201d is: me": "me",
+    'The answer to the question "Time: when?" is: 5pm': "5pm",  # a colon inside the quoted question
+    # a hedge or a sentence after "the answer to ... question" is not an opening, even with "is:" later on
+    "The answer to your question depends on the server. The primary one is: db-1": (
+        "The answer to your question depends on the server. The primary one is: db-1"
+    ),
+    "The answer to this question is unclear; the docs say the port is: 8080": (
+        "The answer to this question is unclear; the docs say the port is: 8080"
+    ),
+    "The answer to the question is complicated.\n- Step one is: reboot": (
+        "The answer to the question is complicated.\n- Step one is: reboot"
+    ),
     "The answer is 2.": "The answer is 2.",  # no colon: kept whole
     "The answer is not in the passages.": "The answer is not in the passages.",
     "The answer": "The answer",  # an unfinished opening is not one
