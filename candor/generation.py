@@ -275,12 +275,7 @@ class GenerationParams:
 
     def cut_stop(self, text: str) -> str:
         """Text up to the first stop sequence (greedy decoding: stopping there gives the same prefix)."""
-        cut = len(text)
-        for s in self.stop:
-            at = text.find(s)
-            if at != -1:
-                cut = min(cut, at)
-        return text[:cut]
+        return cut_at_stops(text, self.stop)
 
     def describe(self) -> str:
         parts = [f"max_new_tokens={self.max_new_tokens}"]
@@ -297,9 +292,10 @@ class StopHold:
     """Streamed text released only once it cannot be part of a stop sequence.
 
     TGI streams the tokens that make up a stop sequence before its final event (whose text keeps the
-    sequence; the client cuts it there). A stream relays each piece through ``feed``: text that ends in
-    the beginning of a stop sequence ("\nQues" of "\nQuestion:") is held until it diverges, and
-    nothing from a matched sequence on is released. ``finish`` gives the rest of the final, cut text.
+    sequence); OpenAI streams must never show one. A stream relays each piece through ``feed``: text that
+    ends in the beginning of a stop sequence ("\nQues" of "\nQuestion:") is held until it diverges, and
+    nothing from a matched sequence on is released. ``finish`` gives the rest of the final, cut text. The
+    LLM client uses it on TGI streams, the model server on its OpenAI streams.
     """
 
     def __init__(self, stops: Sequence[str]):
@@ -349,10 +345,16 @@ class StopHold:
         return out
 
 
-def clip(text: str, stops: Sequence[str] = ()) -> str:
-    """Stop sequences, the repeat guard and the opening, as the answer core applies them to a finished text."""
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop sequence in it (empty stops ignored)."""
+    cut = len(text)
     for s in stops:
         at = text.find(s) if s else -1
         if at != -1:
-            text = text[:at]
-    return tidy(text)
+            cut = min(cut, at)
+    return text[:cut]
+
+
+def clip(text: str, stops: Sequence[str] = ()) -> str:
+    """Stop sequences, the repeat guard and the opening, as the answer core applies them to a finished text."""
+    return tidy(cut_at_stops(text, stops))

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from candor import __version__
 from candor.errors import CandorError, InvalidInputError, NotFoundError
+from candor.generation import StopHold
 from candor.model_server import openai_protocol as oai
 from candor.model_server import tgi_protocol as tgi
 from candor.model_server.adapters import AdapterSpec, check_adapter_name
@@ -413,7 +414,7 @@ def _add_openai_routes(app: FastAPI, server: _Server) -> None:
     def openai_stream(job: oai.OpenAIJob, run: _Run, chat: bool, include_usage: bool) -> StreamingResponse:
         chunk_id, created = oai.new_id("chatcmpl" if chat else "cmpl"), int(time.time())
         make = oai.chat_chunk if chat else oai.completion_chunk
-        trimmer = oai.StopTrimmer(job.stop)
+        trimmer = StopHold(job.stop)  # text that may begin a stop sequence is held
 
         async def body() -> AsyncIterator[bytes]:
             try:

@@ -189,30 +189,6 @@ def validate_completion(req: CompletionRequest, tokenizer: Any, limits: Limits, 
     return _common_job(req, input_ids, limits, model_id, 16, req.logprobs or 0, req.logprobs is not None)
 
 
-# --- stop-sequence trimming for streams ----------------------------------------------
-
-
-class StopTrimmer:
-    """Release streamed text only once it cannot be the start of a stop sequence."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self._hold = max((len(s) for s in stops), default=1) - 1
-        self._text = ""
-        self._emitted = 0
-
-    def feed(self, piece: str) -> str:
-        self._text += piece
-        safe = max(self._emitted, len(self._text) - self._hold)
-        out = self._text[self._emitted : safe]
-        self._emitted = safe
-        return out
-
-    def finish(self, final_text: str) -> str:
-        out = final_text[self._emitted :]
-        self._emitted = len(final_text)
-        return out
-
-
 def cut_at_stop(text: str, stop: str | None) -> str:
     if not stop:
         return text

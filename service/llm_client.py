@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from candor.errors import CandorError, InvalidInputError, UnavailableError
-from candor.generation import GenerationParams, StopHold
+from candor.generation import GenerationParams, StopHold, cut_at_stops
 from candor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,7 @@ class LLMClient:
         details = out.details
         top = _first_top(getattr(details, "top_tokens", None))
         return Generation(
-            text=_cut_stop(out.generated_text, r.stop),
+            text=cut_at_stops(out.generated_text, r.stop),
             finish_reason=str(details.finish_reason),
             generated_tokens=int(details.generated_tokens),
             first_token_top=top,
@@ -376,7 +376,7 @@ class LLMClient:
         top = [(t.token, float(t.logprob)) for t in content[0].top_logprobs] if content else []
         text = choice.message.content or ""
         return Generation(
-            text=_cut_stop(text, r.stop),
+            text=cut_at_stops(text, r.stop),
             finish_reason=_from_openai_reason(choice.finish_reason, None),
             generated_tokens=int(out.usage.completion_tokens) if out.usage else len(content or []),
             first_token_top=top,
@@ -408,7 +408,10 @@ class LLMClient:
                 if ev.generated_text is not None:
                     details = ev.details
                     reason = str(details.finish_reason) if details else "length"
-                    text = _cut_stop(ev.generated_text, r.stop)
+                    # TGI keeps the stop sequence in generated_text (OpenAI engines drop it), and matches one
+                    # only at the text's end after each token, so a token running past one lets generation
+                    # go on with it inside: every engine's text is cut at its first stop, whatever the reason
+                    text = cut_at_stops(ev.generated_text, r.stop)
                     if rest := held.finish(text):
                         yield rest
                     yield Generation(
@@ -491,7 +494,7 @@ class LLMClient:
         top = _openai_top(choice.get("logprobs") or {}, chat)
         reason = _from_openai_reason(choice.get("finish_reason"), choice.get("stop_reason"))
         return Generation(
-            text=_cut_stop(text, r.stop),
+            text=cut_at_stops(text, r.stop),
             finish_reason=reason,
             generated_tokens=int(use.get("completion_tokens") or 0),
             first_token_top=top,
@@ -546,7 +549,7 @@ class LLMClient:
                 raise LLMUnavailable(f"the stream from {self.url} ended without a finish reason")
             final_reason = _from_openai_reason(reason, stop_reason)
             yield Generation(
-                text=_cut_stop(text, r.stop),
+                text=cut_at_stops(text, r.stop),
                 finish_reason=final_reason,
                 generated_tokens=int(use.get("completion_tokens") or count),
                 first_token_top=top or [],
@@ -692,19 +695,3 @@ def _from_openai_reason(reason: str | None, stop_reason: Any) -> str:
     if isinstance(stop_reason, str) and stop_reason:
         return "stop_sequence"
     return "eos_token"
-
-
-def _cut_stop(text: str, stops: Sequence[str]) -> str:
-    """The text before the first stop sequence in it, whatever the finish reason.
-
-    TGI keeps the stop sequence in generated_text; OpenAI engines drop it. TGI also matches a stop only
-    at the end of the text after each token, so a token that runs past one ('":\n"' after "\nQuestion")
-    lets generation go on (finish reason ``length`` or ``eos_token``) with the sequence inside the text.
-    The service gets the same text from every engine: everything from the first stop sequence on is cut.
-    """
-    cut = len(text)
-    for s in stops:
-        at = text.find(s) if s else -1
-        if at != -1:
-            cut = min(cut, at)
-    return text[:cut]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from candor.errors import InvalidInputError, NotFoundError
-from candor.model_server.openai_protocol import StopTrimmer, cut_at_stop, resolve_model
+from candor.generation import StopHold
+from candor.model_server.openai_protocol import cut_at_stop, resolve_model
 from candor.model_server.token_text import IncrementalDetokenizer, find_stop
 from candor.service.chat_template import PromptRenderer
 from candor.settings import apply_thread_settings
@@ -55,9 +56,9 @@ def test_find_stop_sees_a_stop_split_across_pieces() -> None:
     assert find_stop("END of it", "", ["END"]) is None  # an empty piece completes nothing
 
 
-def test_stop_trimmer_never_releases_a_stop_sequence() -> None:
+def test_the_stop_hold_never_releases_a_stop_sequence() -> None:
     # The last piece completes the stop: the server finishes instead of feeding it.
-    trimmer = StopTrimmer(("###",))
+    trimmer = StopHold(("###",))
     out = "".join(trimmer.feed(p) for p in ["Hel", "lo #", "#"])
     assert "#" not in out
     final = cut_at_stop("Hello ### tail", "###")
