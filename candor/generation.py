@@ -174,9 +174,14 @@ _MAY_RESTATE = re.compile(
 )
 
 
+def _opening_key(text: str) -> str:
+    """Case-blind, spaces collapsed, a trailing one kept: "the answer " may go on to "is:", "the answer:" ends it."""
+    return " ".join(text.lower().split()) + (" " if text[-1:].isspace() and text.strip() else "")
+
+
 def _opening_end(text: str) -> int | None:
     """Where the opening ``text`` starts with ends (after its colon), or None when it does not start with one."""
-    key = LeadIn._key(text)
+    key = _opening_key(text)
     if any(key.startswith(f) for f in _LEAD_INS):
         return text.index(":") + 1  # a stock opening ends at its only colon
     m = _RESTATED.match(text)
@@ -185,7 +190,7 @@ def _opening_end(text: str) -> int | None:
 
 def _may_open(text: str) -> bool:
     """Whether more text could still make ``text`` an opening."""
-    key = LeadIn._key(text)
+    key = _opening_key(text)
     return not key.strip() or any(f.startswith(key) for f in _LEAD_INS) or _MAY_RESTATE.fullmatch(text) is not None
 
 
@@ -201,11 +206,6 @@ class LeadIn:
     def __init__(self) -> None:
         self._held = ""
         self._state = "deciding"  # deciding | dropping-space | relaying
-
-    @staticmethod
-    def _key(text: str) -> str:
-        # spaces collapsed, a trailing one kept: "the answer " may go on to "is:", "the answer:" ends it
-        return " ".join(text.lower().split()) + (" " if text[-1:].isspace() and text.strip() else "")
 
     def feed(self, piece: str) -> str:
         if self._state == "relaying":
